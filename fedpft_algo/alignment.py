@@ -1,0 +1,242 @@
+"""Sub-FM alignment by distillation from the FM (FedPFT §3.2 layer-level, §3.3 neuron-level).
+
+Both levels minimise, over the compressed layers ``l``, the teacher-RMS-normalised MSE of the
+layer outputs (each model running its own stack; padding positions excluded):
+
+    L = mean_l  mean((H_l^T - H_l^S)^2) / mean((H_l^T)^2)
+
+* Layer-level (server, before FL): teacher = FM, student = sub-FM; trainable = the compressed
+  layers' FFN projections (weights, biases) and FFN LayerNorm; everything else frozen.
+* Neuron-level (server, every t rounds): teacher = FM + the aggregated LoRA/head, student =
+  sub-FM + the same LoRA/head; trainable = only the *updated* neurons' rows of W_in (and gate),
+  their b_in entries and W_out columns, plus b_out and the FFN LayerNorm. Every other entry
+  stays bit-identical.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .arch import arch_of, find_layers, layer_linear
+
+logger = logging.getLogger(__name__)
+
+Batch = Mapping[str, torch.Tensor]
+
+
+@dataclass
+class AlignmentReport:
+    level: str                                   # "layer" or "neuron"
+    steps: int
+    seconds: float
+    loss_before: Dict[int, float]                # per compressed layer, on the held-out batches
+    loss_after: Dict[int, float]
+    changed: List[str] = field(default_factory=list)  # sub-FM state_dict names that were trained
+
+    @property
+    def mean_before(self) -> float:
+        return sum(self.loss_before.values()) / max(1, len(self.loss_before))
+
+    @property
+    def mean_after(self) -> float:
+        return sum(self.loss_after.values()) / max(1, len(self.loss_after))
+
+
+def _model_inputs(batch: Batch, device) -> Dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items() if k != "labels"}
+
+
+def _valid_mask(batch: Batch, hidden: torch.Tensor) -> torch.Tensor:
+    mask = batch.get("attention_mask")
+    if mask is None:
+        return torch.ones(hidden.shape[:-1], dtype=torch.bool, device=hidden.device)
+    return mask.to(hidden.device).bool()
+
+
+def hidden_states(model: nn.Module, batch: Batch, device) -> Tuple[torch.Tensor, ...]:
+    """Outputs of every layer; ``result[l]`` is the output of layer ``l``."""
+    out = model(**_model_inputs(batch, device), output_hidden_states=True)
+    return tuple(out.hidden_states[1:])
+
+
+def layer_losses(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor], mask: torch.Tensor,
+                 layers: Iterable[int]) -> Dict[int, torch.Tensor]:
+    """Teacher-RMS-normalised MSE per layer over valid positions."""
+    losses = {}
+    for index in layers:
+        t, s = teacher[index][mask], student[index][mask]
+        assert t.shape == s.shape, f"layer {index}: teacher {tuple(t.shape)} vs student {tuple(s.shape)}"
+        losses[index] = (t - s).pow(2).mean() / t.pow(2).mean().clamp_min(1e-12)
+    return losses
+
+
+@torch.no_grad()
+def evaluate_alignment(teacher: nn.Module, student: nn.Module, batches: Sequence[Batch], layers: Sequence[int],
+                       device) -> Dict[int, float]:
+    totals = {index: 0.0 for index in layers}
+    for batch in batches:
+        t = hidden_states(teacher, batch, device)
+        s = hidden_states(student, batch, device)
+        for index, loss in layer_losses(t, s, _valid_mask(batch, t[0]), layers).items():
+            totals[index] += loss.item()
+    return {index: total / max(1, len(batches)) for index, total in totals.items()}
+
+
+def _ffn_parameters(model: nn.Module, layers: Sequence[int]) -> List[Tuple[str, nn.Parameter, Optional[int]]]:
+    """(state_dict name, parameter, neuron axis or None) of the compressed layers' FFN + LayerNorm."""
+    spec = arch_of(model)
+    model_layers = find_layers(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    items = []
+    for index in layers:
+        layer = model_layers[index]
+        for path, neuron_axis in ((spec.ffn_in, 0), (spec.ffn_gate, 0), (spec.ffn_out, 1)):
+            if path is None:
+                continue
+            linear = layer_linear(layer, path)
+            items.append((names[id(linear.weight)], linear.weight, neuron_axis))
+            if linear.bias is not None:
+                # b_in/b_gate are per neuron; b_out is per hidden unit and trained whole
+                items.append((names[id(linear.bias)], linear.bias, 0 if neuron_axis == 0 else None))
+        if spec.ffn_norm:
+            for p in layer.get_submodule(spec.ffn_norm).parameters():
+                items.append((names[id(p)], p, None))
+    return items
+
+
+def _distil(teacher: nn.Module, student: nn.Module, params: List[nn.Parameter], batches: Iterable[Batch],
+            layers: Sequence[int], *, steps: int, lr: float, weight_decay: float, warmup_ratio: float,
+            max_grad_norm: float, device, desc: str, after_step=None) -> int:
+    from transformers import get_linear_schedule_with_warmup
+
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * steps), steps)
+    stream = itertools.cycle(batches) if isinstance(batches, (list, tuple)) else _repeat(batches)
+    done = 0
+    with tqdm(total=steps, desc=desc, leave=False, disable=None) as bar:
+        for batch in itertools.islice(stream, steps):
+            with torch.no_grad():
+                target = hidden_states(teacher, batch, device)
+            output = hidden_states(student, batch, device)
+            losses = layer_losses(target, output, _valid_mask(batch, target[0]), layers)
+            loss = torch.stack(list(losses.values())).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            if after_step is not None:
+                after_step()
+            done += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    return done
+
+
+def _repeat(loader):
+    while True:
+        yielded = False
+        for batch in loader:
+            yielded = True
+            yield batch
+        if not yielded:
+            raise ValueError("the public data loader is empty")
+
+
+class _OnlyTrain:
+    """Freeze every parameter of ``model`` except ``params`` (and restore flags afterwards)."""
+
+    def __init__(self, model: nn.Module, params: Sequence[nn.Parameter]):
+        self.model, self.params = model, params
+
+    def __enter__(self):
+        self.flags = [(p, p.requires_grad) for p in self.model.parameters()]
+        self.was_training = self.model.training
+        for p, _ in self.flags:
+            p.requires_grad_(False)
+        for p in self.params:
+            p.requires_grad_(True)
+        self.model.eval()  # no dropout: distillation targets are deterministic
+        return self
+
+    def __exit__(self, *exc):
+        for p, flag in self.flags:
+            p.requires_grad_(flag)
+        self.model.train(self.was_training)
+
+
+def align_layers_(full_model: nn.Module, sub_model: nn.Module, batches: Iterable[Batch],
+                  eval_batches: Sequence[Batch], layers: Sequence[int], *, steps: int, lr: float = 6e-4,
+                  weight_decay: float = 0.01, warmup_ratio: float = 0.05, max_grad_norm: float = 1.0,
+                  device="cpu") -> AlignmentReport:
+    """Layer-level alignment of ``sub_model`` to ``full_model`` in place (teacher frozen)."""
+    start = time.perf_counter()
+    full_model.eval()
+    before = evaluate_alignment(full_model, sub_model, eval_batches, layers, device)
+    items = _ffn_parameters(sub_model, layers)
+    params = [p for _, p, _ in items]
+    with _OnlyTrain(sub_model, params):
+        done = _distil(full_model, sub_model, params, batches, layers, steps=steps, lr=lr,
+                       weight_decay=weight_decay, warmup_ratio=warmup_ratio, max_grad_norm=max_grad_norm,
+                       device=device, desc="layer-level alignment")
+    after = evaluate_alignment(full_model, sub_model, eval_batches, layers, device)
+    report = AlignmentReport("layer", done, time.perf_counter() - start, before, after, [n for n, _, _ in items])
+    logger.info("layer-level alignment: %d steps, loss %.4f -> %.4f (%.1fs)",
+                done, report.mean_before, report.mean_after, report.seconds)
+    return report
+
+
+def align_neurons_(full_model: nn.Module, sub_model: nn.Module, updated: Mapping[int, torch.Tensor],
+                   batches: Iterable[Batch], eval_batches: Sequence[Batch], *, steps: int, lr: float = 6e-4,
+                   max_grad_norm: float = 1.0, device="cpu") -> AlignmentReport:
+    """Neuron-level alignment in place: only neurons ``updated[l]`` of compressed layer ``l`` change.
+
+    ``full_model`` and ``sub_model`` must already hold the same (aggregated) LoRA + head.
+    Returns a report whose ``changed`` lists the sub-FM tensors that now differ.
+    """
+    start = time.perf_counter()
+    layers = sorted(updated)
+    full_model.eval()
+    before = evaluate_alignment(full_model, sub_model, eval_batches, layers, device)
+    items = []
+    for index in layers:
+        items += [(name, p, axis, index) for name, p, axis in _ffn_parameters(sub_model, [index])]
+    # masks: 1 where an entry may change; frozen entries are restored after every step so that
+    # AdamW's decoupled weight decay and numerical noise cannot move them
+    masks, frozen = [], []
+    for _, p, axis, index in items:
+        mask = torch.ones_like(p, dtype=torch.bool)
+        if axis is not None:
+            mask.zero_()
+            mask.index_fill_(axis, updated[index].to(p.device), True)
+        masks.append(mask)
+        frozen.append(p.detach().clone())
+    params = [p for _, p, _, _ in items]
+
+    def restore():
+        with torch.no_grad():
+            for p, m, saved in zip(params, masks, frozen):
+                p.copy_(torch.where(m, p, saved))
+
+    with _OnlyTrain(sub_model, params):
+        hooks = [p.register_hook(lambda g, m=m: g * m) for p, m in zip(params, masks)]
+        try:
+            done = _distil(full_model, sub_model, params, batches, layers, steps=steps, lr=lr, weight_decay=0.0,
+                           warmup_ratio=0.0, max_grad_norm=max_grad_norm, device=device,
+                           desc="neuron-level alignment", after_step=restore)
+        finally:
+            for hook in hooks:
+                hook.remove()
+    after = evaluate_alignment(full_model, sub_model, eval_batches, layers, device)
+    changed = [name for (name, p, _, _), saved in zip(items, frozen) if not torch.equal(p.detach(), saved)]
+    report = AlignmentReport("neuron", done, time.perf_counter() - start, before, after, changed)
+    logger.info("neuron-level alignment: %d steps, loss %.4f -> %.4f, %d tensors changed (%.1fs)",
+                done, report.mean_before, report.mean_after, len(changed), report.seconds)
+    return report

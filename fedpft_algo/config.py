@@ -1,0 +1,223 @@
+"""The one typed configuration object of FedPFT.
+
+``FedPFTConfig`` holds every FedPFT setting, with the defaults of the paper (Peng et al.,
+"FedPFT: Federated Proxy Fine-Tuning of Foundation Models", IJCAI 2024). In a FedML yaml the
+fields live in a ``fedpft_args:`` section with the prefix ``fedpft_`` (FedML flattens all
+sections into one ``args`` namespace, so the prefix keeps them from colliding with FedML's keys).
+:meth:`FedPFTConfig.from_args` is the only place that reads ``args``; nothing below it does.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Tuple
+
+from .errors import ConfigError
+
+PREFIX = "fedpft_"
+
+METHODS = ("fedpft", "fedpft_n", "fedpft_b", "fedpft_d", "fedpetuning", "fedot")
+STATISTICS = ("apoz", "mean_abs")
+AGGREGATIONS = ("weighted", "uniform")
+
+
+@dataclass(frozen=True)
+class FedPFTConfig:
+    # Which algorithm runs: the full method, its ablations (no alignment / before FL only /
+    # during FL only) or the paper's baselines (clients hold the FM; Offsite-Tuning emulator).
+    method: str = "fedpft"
+
+    # --- sub-FM construction (paper: keep 768 of 3072 FFN neurons, first and last layer whole)
+    ffn_keep_ratio: float = 0.25
+    # Layers copied whole. Negative indices count from the end: (0, -1) = first and last.
+    retained_layers: Tuple[int, ...] = (0, -1)
+
+    # --- client fine-tuning: LoRA on attention Q, K, V, O of every layer + the task head
+    lora_r: int = 8
+    lora_alpha: int = 48
+    lora_dropout: float = 0.1
+    # How the server averages client uploads: by sample count (the paper) or a plain mean.
+    aggregation: str = "weighted"
+
+    # --- layer-level alignment, on the server before FL (paper: 5 epochs of public data;
+    # here a step budget sized for the machine)
+    layer_align_steps: int = 300
+    layer_align_batch_size: int = 16
+    layer_align_lr: float = 6e-4
+    layer_align_warmup_ratio: float = 0.05
+    layer_align_weight_decay: float = 0.01
+    align_max_grad_norm: float = 1.0
+
+    # --- neuron-level alignment, on the server every ``align_interval`` rounds
+    align_interval: int = 10          # t
+    align_update_ratio: float = 0.5   # p: share of each compressed layer's neurons updated
+    align_statistic: str = "apoz"     # "apoz" (paper) or "mean_abs" (mean |activation|)
+    neuron_align_steps: int = 20
+    neuron_align_batch_size: int = 16
+    neuron_align_lr: float = 6e-4
+
+    # --- columns of a generic data set (CSV/JSON/Parquet/HF); () / None = guess
+    text_columns: Tuple[str, ...] = ()
+    label_column: Optional[str] = None
+
+    # --- server public data and text length
+    public_dataset: Optional[str] = None   # None: a different corpus than the task (see data)
+    public_size: int = 2000
+    max_length: int = 64
+
+    # --- where the aligned sub-FM and tokenised data are cached ("" = ~/.cache/fedpft)
+    cache_dir: str = ""
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _check_choice("method", self.method, METHODS)
+        _check_choice("align_statistic", self.align_statistic, STATISTICS)
+        _check_choice("aggregation", self.aggregation, AGGREGATIONS)
+        _check_range("ffn_keep_ratio", self.ffn_keep_ratio, 0.0, 1.0, "a number in (0, 1]", low_open=True)
+        _check_range("align_update_ratio", self.align_update_ratio, 0.0, 1.0, "a number in (0, 1]", low_open=True)
+        _check_range("lora_dropout", self.lora_dropout, 0.0, 1.0, "a number in [0, 1)", high_open=True)
+        _check_range("layer_align_warmup_ratio", self.layer_align_warmup_ratio, 0.0, 1.0, "a number in [0, 1]")
+        for name in ("lora_r", "lora_alpha", "align_interval", "layer_align_batch_size",
+                     "neuron_align_batch_size", "public_size", "max_length"):
+            if getattr(self, name) < 1:
+                raise _error(name, getattr(self, name), "an integer >= 1")
+        for name in ("layer_align_steps", "neuron_align_steps"):
+            if getattr(self, name) < 0:
+                raise _error(name, getattr(self, name), "an integer >= 0 (0 disables that alignment)")
+        for name in ("layer_align_lr", "neuron_align_lr", "align_max_grad_norm"):
+            if not getattr(self, name) > 0:
+                raise _error(name, getattr(self, name), "a number > 0")
+        if self.layer_align_weight_decay < 0:
+            raise _error("layer_align_weight_decay", self.layer_align_weight_decay, "a number >= 0")
+        if len(set(self.retained_layers)) != len(self.retained_layers):
+            raise _error("retained_layers", list(self.retained_layers), "distinct layer indices")
+
+    # ------------------------------------------------------------------ derived settings
+    def resolve_retained_layers(self, num_layers: int) -> Tuple[int, ...]:
+        """Retained layer indices in ``[0, num_layers)``, sorted; negative ones count from the end."""
+        resolved = []
+        for index in self.retained_layers:
+            if not -num_layers <= index < num_layers:
+                raise _error("retained_layers", list(self.retained_layers),
+                             f"layer indices in [-{num_layers}, {num_layers - 1}] for this {num_layers}-layer model")
+            resolved.append(index % num_layers)
+        if len(set(resolved)) != len(resolved):
+            raise _error("retained_layers", list(self.retained_layers), "indices naming distinct layers")
+        return tuple(sorted(resolved))
+
+    def compressed_layers(self, num_layers: int) -> Tuple[int, ...]:
+        retained = set(self.resolve_retained_layers(num_layers))
+        return tuple(i for i in range(num_layers) if i not in retained)
+
+    @property
+    def uses_sub_model(self) -> bool:
+        return self.method != "fedpetuning"
+
+    @property
+    def layer_alignment(self) -> bool:
+        """Layer-level alignment before FL (FedPFT, _B; FedOT distils its emulator the same way)."""
+        return self.method in ("fedpft", "fedpft_b", "fedot") and self.layer_align_steps > 0
+
+    @property
+    def neuron_alignment(self) -> bool:
+        """Neuron-level alignment during FL (FedPFT, _D)."""
+        return self.method in ("fedpft", "fedpft_d") and self.neuron_align_steps > 0
+
+    def is_alignment_round(self, round_idx: int, comm_round: int) -> bool:
+        """Whether neuron-level alignment runs after round ``round_idx`` (0-based).
+
+        It runs after every t-th round, but not after the last one: its result would never
+        reach a client (the authors' code crashes there).
+        """
+        if not self.neuron_alignment:
+            return False
+        return (round_idx + 1) % self.align_interval == 0 and round_idx + 1 < comm_round
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+                for f in dataclasses.fields(self)}
+
+    def to_args_dict(self) -> dict:
+        """The yaml ``fedpft_args`` section for this config."""
+        return {PREFIX + k: v for k, v in self.to_dict().items()}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], *, prefix: str = "") -> "FedPFTConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, value in values.items():
+            name = key[len(prefix):]
+            if name not in names:
+                close = difflib.get_close_matches(name, sorted(names), n=1)
+                hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+                raise ConfigError(f"unknown config key {key!r}{hint} (known: {', '.join(prefix + n for n in sorted(names))})")
+            if isinstance(value, list):
+                value = tuple(value)
+            kwargs[name] = value
+        return cls(**kwargs)
+
+    @classmethod
+    def from_args(cls, args: Any) -> "FedPFTConfig":
+        """Build from FedML's flattened ``args``: every attribute named ``fedpft_*``."""
+        values = {k: v for k, v in vars(args).items() if k.startswith(PREFIX)}
+        return cls.from_dict(values, prefix=PREFIX)
+
+
+# ---------------------------------------------------------------------- validation helpers
+def _error(name: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"{PREFIX}{name}={value!r} is not allowed: expected {allowed}")
+
+
+def _check_choice(name: str, value: str, allowed: Tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise _error(name, value, "one of " + ", ".join(allowed))
+
+
+def _check_range(name, value, low, high, allowed, low_open=False, high_open=False) -> None:
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if too_low or too_high:
+        raise _error(name, value, allowed)
+
+
+_HINTS = typing.get_type_hints(FedPFTConfig)
+
+
+def _check_types(config: FedPFTConfig) -> None:
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        hint = _HINTS[f.name]
+        if isinstance(value, list) and hint in (Tuple[int, ...], Tuple[str, ...]):
+            value = tuple(value)
+            object.__setattr__(config, f.name, value)
+        if hint is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            allowed = "an integer"
+        elif hint is float:
+            # NaN compares False with everything, so it would slip through every range check below
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+            allowed = "a number"
+        elif hint is str:
+            ok = isinstance(value, str)
+            allowed = "a string"
+        elif hint == Optional[str]:
+            ok = value is None or isinstance(value, str)
+            allowed = "a string or null"
+        elif hint == Tuple[str, ...]:
+            if isinstance(value, str):  # one column may be given as a plain string
+                value = (value,)
+                object.__setattr__(config, f.name, value)
+            ok = isinstance(value, tuple) and len(value) <= 2 and all(isinstance(v, str) for v in value)
+            allowed = "one or two column names"
+        elif hint == Tuple[int, ...]:
+            ok = isinstance(value, tuple) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            allowed = "a list of integers"
+        else:  # pragma: no cover - a new field type without a check is a programming error
+            raise TypeError(f"no type check for field {f.name}: {hint}")
+        if not ok:
+            raise _error(f.name, value, allowed)
+        if hint is float:
+            object.__setattr__(config, f.name, float(value))

