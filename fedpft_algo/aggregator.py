@@ -1,0 +1,207 @@
+"""``FedPFTAggregator``: the server side of FedPFT as a FedML ``ServerAggregator``.
+
+FedML's call order on the server (measured for MPI simulation with the hooked aggregator of
+:mod:`fedpft_algo.fedml_hooks`, and for cross-silo over MPI and GRPC):
+
+    get_model_params (round 0 payload)                      <- pre-round hook runs here, once
+    per round: on_before_aggregation -> aggregate -> on_after_aggregation
+               -> set_model_params -> test_all / test
+
+* pre-round hook: build the sub-FM from the FM, align it layer by layer on public data
+  (cached), add LoRA to FM and sub-FM; the first payload is the sub-FM's tensors.
+* ``on_before_aggregation``: split uploads into LoRA/head, activation counts, client scalars.
+* ``aggregate``: sample-count-weighted average (pure, :func:`weighted_average`).
+* ``on_after_aggregation``: plug the average into the FM (and the sub-FM), evaluate both on the
+  held-out test set, every t rounds pool the counts and run neuron-level alignment, and return
+  the next payload (aggregate + changed sub-FM tensors + control scalars).
+The FM's weights never enter a payload.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import torch
+from safetensors.torch import save_file
+
+from .aggregation import sum_tensors, weighted_average
+from .alignment import align_neurons_
+from .arch import num_layers
+from .compat import load_fedml
+from .evaluate import evaluate
+from .lora import add_lora, plug_in_, trainable_state
+from .payload import METRICS_PREFIX, control, nbytes, split_prefixed
+from .proxy import prepare_sub_model
+from .runlog import RunLog
+from .settings import RunSettings
+from .stats import STATS_PREFIX, activity_scores, select_updated_neurons
+
+ServerAggregator = load_fedml().core.ServerAggregator
+logger = logging.getLogger(__name__)
+
+
+class FedPFTAggregator(ServerAggregator):
+    def __init__(self, full_model: torch.nn.Module, args, *, settings: RunSettings, public_batches: Sequence,
+                 eval_batches: Sequence, test_data, device="cpu", runlog: Optional[RunLog] = None,
+                 cache_extra: str = ""):
+        super().__init__(full_model, args)
+        self.settings = settings
+        self.config = settings.fedpft
+        self.public_batches = public_batches
+        self.eval_batches = eval_batches
+        self.test_data = test_data
+        self.device = device
+        self.runlog = runlog or RunLog(None, "server", 0)
+        self.cache_extra = cache_extra
+        self.sub_model: Optional[torch.nn.Module] = None
+        self.payload: Optional[OrderedDict] = None
+        self.round_idx = 0
+        self.compressed_layers = self.config.compressed_layers(num_layers(full_model.config))
+        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.history: List[dict] = []
+        self.layer_report = None
+        self._pending = {}
+
+    # ------------------------------------------------------------------ pre-round hook
+    def prepare(self) -> None:
+        """Build and layer-align the sub-FM; make the first payload. Runs once, before round 0."""
+        start = time.perf_counter()
+        self.runlog.event("pre_round", 0)
+        sub_model, _, report, cached = prepare_sub_model(
+            self.model, self.config, self.public_batches, self.eval_batches,
+            cache_dir=self.settings.cache_dir, cache_extra=self.cache_extra, device=self.device)
+        self.layer_report = report
+        torch.manual_seed(self.settings.seed)
+        self.sub_model = add_lora(sub_model, self.config).to(self.device)
+        self.model = add_lora(self.model, self.config).to(self.device)
+        plug_in_(self.model, trainable_state(self.sub_model))  # same LoRA init and head on both
+        self.payload = OrderedDict(self.sub_model.state_dict())
+        self.payload.update(control(0, self.config.is_alignment_round(0, self.settings.comm_round)))
+        self.prepare_seconds = time.perf_counter() - start
+        self.start_clock()
+        logger.info("pre-round hook: sub-FM ready in %.1fs (%s)", self.prepare_seconds,
+                    "cached" if cached else f"aligned: {report.mean_before:.4f} -> {report.mean_after:.4f}"
+                    if report else "no layer-level alignment")
+
+    # ------------------------------------------------------------------ FedML contract
+    def get_model_params(self):
+        if self.payload is None:
+            self.prepare()
+        self.runlog.event("get_model_params", self.round_idx)
+        return OrderedDict((k, v.detach().cpu()) for k, v in self.payload.items())
+
+    def set_model_params(self, model_parameters):
+        # FedML hands back what on_after_aggregation returned; the server's models already hold it.
+        self.runlog.event("set_model_params", self.round_idx)
+        self.payload = model_parameters
+
+    def on_before_aggregation(self, raw_client_model_or_grad_list):
+        self.runlog.event("on_before_aggregation", self.round_idx, clients=len(raw_client_model_or_grad_list))
+        params_list, stats, client_metrics, upload_bytes = [], [], [], []
+        for sample_count, upload in raw_client_model_or_grad_list:
+            rest, scalars = split_prefixed(upload, METRICS_PREFIX)
+            params, counts = split_prefixed(rest, STATS_PREFIX)
+            upload_bytes.append(nbytes(upload))
+            params_list.append((sample_count, params))
+            if counts:
+                stats.append(OrderedDict((STATS_PREFIX + k, v) for k, v in counts.items()))
+            client_metrics.append({k: float(v.item()) for k, v in scalars.items()})
+        self._pending = {"stats": stats, "clients": client_metrics, "upload_bytes": upload_bytes}
+        return params_list, list(range(len(params_list)))
+
+    def aggregate(self, raw_client_model_or_grad_list):
+        self.runlog.event("aggregate", self.round_idx)
+        return weighted_average(raw_client_model_or_grad_list, self.config.aggregation)
+
+    def on_after_aggregation(self, aggregated_model_or_grad):
+        round_idx = self.round_idx
+        self.runlog.event("on_after_aggregation", round_idx)
+        plug_in_(self.model, aggregated_model_or_grad)
+        plug_in_(self.sub_model, aggregated_model_or_grad)
+        fm = evaluate(self.model, self.test_data, self.device)
+        sub = evaluate(self.sub_model, self.test_data, self.device)
+        payload = OrderedDict(aggregated_model_or_grad)
+        align_seconds, changed = 0.0, []
+        if self.config.is_alignment_round(round_idx, self.settings.comm_round):
+            changed, align_seconds = self._align_neurons()
+            state = self.sub_model.state_dict()
+            payload.update((name, state[name].detach().cpu().clone()) for name in changed)
+        payload.update(control(round_idx + 1, self.config.is_alignment_round(round_idx + 1, self.settings.comm_round)))
+        self._record(round_idx, fm, sub, payload, align_seconds, changed)
+        if round_idx + 1 == self.settings.comm_round:
+            self.save_final()
+        self.round_idx += 1
+        self.payload = payload
+        self.runlog.status("training", self.round_idx)
+        return payload
+
+    def test(self, test_data, device, args):
+        self.runlog.event("test", self.round_idx)
+        if self.history:
+            last = self.history[-1]
+            return {"test_correct": last["test_correct"], "test_total": last["test_total"],
+                    "test_loss": last["test_loss"], "accuracy": last["accuracy"]}
+        return evaluate(self.model, test_data, device)
+
+    def test_all(self, train_data_local_dict, test_data_local_dict, device, args) -> bool:
+        # Evaluation already ran in on_after_aggregation, every round, on the plugged-in FM.
+        self.runlog.event("test_all", self.round_idx)
+        return True
+
+    # ------------------------------------------------------------------ internals
+    def _align_neurons(self):
+        if not self._pending.get("stats"):
+            raise RuntimeError(f"round {self.round_idx}: alignment round but no client uploaded activation counts")
+        pooled = sum_tensors(self._pending["stats"])
+        scores = activity_scores(pooled, self.config.align_statistic)
+        updated = select_updated_neurons(scores, self.config.align_update_ratio, self.generator)
+        report = align_neurons_(self.model, self.sub_model, updated, self.public_batches, self.eval_batches,
+                                steps=self.config.neuron_align_steps, lr=self.config.neuron_align_lr,
+                                max_grad_norm=self.config.align_max_grad_norm, device=self.device)
+        self.runlog.event("neuron_alignment", self.round_idx, changed=len(report.changed),
+                          loss_before=report.mean_before, loss_after=report.mean_after)
+        return report.changed, report.seconds
+
+    def _record(self, round_idx, fm, sub, payload, align_seconds, changed):
+        clients = self._pending.get("clients", [])
+        uploads = self._pending.get("upload_bytes", [0])
+        now = time.perf_counter()
+        row = {
+            "round": round_idx,
+            "accuracy": fm["accuracy"], "macro_f1": fm["macro_f1"], "loss": fm["loss"],
+            "sub_accuracy": sub["accuracy"], "sub_loss": sub["loss"],
+            "train_loss": _mean(c.get("train_loss") for c in clients),
+            "client_epoch_seconds": _mean(c.get("epoch_seconds") for c in clients),
+            "client_peak_mem_mb": max((c.get("peak_mem_mb", 0.0) for c in clients), default=0.0),
+            "upload_bytes": sum(uploads) / max(1, len(uploads)),
+            "download_bytes": nbytes(payload),
+            "align": bool(changed), "align_seconds": align_seconds, "changed_tensors": len(changed),
+            "round_seconds": now - getattr(self, "_last_round_end", getattr(self, "_start_time", now)),
+            "test_correct": fm["test_correct"], "test_total": fm["test_total"], "test_loss": fm["test_loss"],
+        }
+        self._last_round_end = now
+        self.history.append(row)
+        self.runlog.metrics(row)
+        logger.info("round %d: FM acc %.4f, sub-FM acc %.4f, upload %d B/client", round_idx, row["accuracy"],
+                    row["sub_accuracy"], row["upload_bytes"])
+
+    def start_clock(self) -> None:
+        self._start_time = self._last_round_end = time.perf_counter()
+
+    def save_final(self, path: Optional[Path] = None) -> Optional[Path]:
+        """The tuned LoRA + head for the FM, as safetensors (load with :func:`plug_in_`)."""
+        run_dir = self.settings.run_dir
+        path = path or (run_dir / "final" / "trainable.safetensors" if run_dir else None)
+        if path is None:
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in trainable_state(self.model).items()}, str(path))
+        return path
+
+
+def _mean(values) -> float:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else float("nan")

@@ -1,0 +1,83 @@
+"""Making every FedML 0.9.6 path call the FedPFT hooks.
+
+* MPI simulation: FedML's ``FedAVGAggregator.aggregate`` averages by itself and never calls the
+  ``ServerAggregator``'s ``on_before_aggregation / aggregate / on_after_aggregation``.
+  :func:`install_mpi_simulation_hooks` swaps in a subclass that does (FedML looks the class up
+  in ``FedAvgAPI``'s module namespace when the server starts).
+* cross-silo (MPI and GRPC): FedML calls all hooks itself; nothing to patch.
+* single process (``sp``): FedML's ``SimulatorSingleProcess`` ignores custom trainers and
+  aggregators, so :class:`SingleProcessFlow` runs the same FedML objects in-process and is
+  handed to ``FedMLRunner`` as ``algorithm_flow``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from .compat import load_fedml
+
+logger = logging.getLogger(__name__)
+
+
+def install_mpi_simulation_hooks() -> None:
+    load_fedml()
+    from fedml.simulation.mpi.fedavg import FedAvgAPI
+    from fedml.simulation.mpi.fedavg.FedAVGAggregator import FedAVGAggregator
+
+    if getattr(FedAvgAPI.FedAVGAggregator, "_fedpft_hooked", False):
+        return
+
+    class HookedFedAVGAggregator(FedAVGAggregator):
+        """FedML's MPI-simulation aggregator, calling the ServerAggregator's three hooks."""
+
+        _fedpft_hooked = True
+
+        def aggregate(self):
+            start = time.time()
+            uploads = [(self.sample_num_dict[idx], self.model_dict[idx]) for idx in range(self.worker_num)]
+            uploads, _ = self.aggregator.on_before_aggregation(uploads)
+            averaged = self.aggregator.aggregate(uploads)
+            payload = self.aggregator.on_after_aggregation(averaged)
+            self.set_global_model_params(payload)
+            logger.info("aggregate (with FedPFT hooks) took %.1fs", time.time() - start)
+            return payload
+
+    FedAvgAPI.FedAVGAggregator = HookedFedAVGAggregator
+
+
+def sample_clients(round_idx: int, client_num_in_total: int, client_num_per_round: int):
+    """FedML's own client sampling rule (seeded by the round), so all backends pick alike."""
+    if client_num_in_total == client_num_per_round:
+        return list(range(client_num_in_total))
+    np.random.seed(round_idx)
+    return [int(i) for i in np.random.choice(range(client_num_in_total), client_num_per_round, replace=False)]
+
+
+class SingleProcessFlow:
+    """FedML's round structure in one process, for FedML's ``sp`` backend (fast benchmarks)."""
+
+    def __init__(self, args, device, dataset, trainer, aggregator, runlog):
+        self.args, self.device, self.dataset = args, device, dataset
+        self.trainer, self.aggregator, self.runlog = trainer, aggregator, runlog
+
+    def run(self):
+        _, _, _, _, train_num_dict, train_local_dict, _, _ = self.dataset
+        settings = self.aggregator.settings
+        payload = self.aggregator.get_model_params()
+        for round_idx in range(settings.comm_round):
+            self.runlog.status("training", round_idx)
+            uploads = []
+            for client_index in sample_clients(round_idx, settings.client_num_in_total, settings.client_num_per_round):
+                self.trainer.set_id(client_index)
+                self.trainer.set_model_params(payload)
+                self.trainer.on_before_local_training(train_local_dict[client_index], self.device, self.args)
+                self.trainer.train(train_local_dict[client_index], self.device, self.args)
+                self.trainer.on_after_local_training(train_local_dict[client_index], self.device, self.args)
+                uploads.append((train_num_dict[client_index], self.trainer.get_model_params()))
+            uploads, _ = self.aggregator.on_before_aggregation(uploads)
+            payload = self.aggregator.on_after_aggregation(self.aggregator.aggregate(uploads))
+            self.aggregator.set_model_params(payload)
+            self.aggregator.test_all(None, None, self.device, self.args)
+        return self.aggregator.history

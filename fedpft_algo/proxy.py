@@ -1,0 +1,88 @@
+"""The server's pre-round hook: build the sub-FM and align it layer by layer, with a disk cache.
+
+The aligned sub-FM depends only on the FM's weights and the compression/alignment settings, so
+it is cached under a key of (hash of the FM's transformer-layer weights, those settings): a
+second run with the same FM and settings reuses it instead of distilling again. Only the tensors
+alignment changes (the compressed layers' FFNs and FFN LayerNorms) are cached, as safetensors.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .alignment import AlignmentReport, align_layers_
+from .arch import find_layers, num_layers
+from .compression import KeepIndex, build_sub_model
+from .config import FedPFTConfig
+
+logger = logging.getLogger(__name__)
+
+_KEY_FIELDS = ("method", "ffn_keep_ratio", "retained_layers", "layer_align_steps", "layer_align_batch_size",
+               "layer_align_lr", "layer_align_warmup_ratio", "layer_align_weight_decay", "align_max_grad_norm",
+               "public_dataset", "public_size", "max_length")
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """sha256 over the names and bytes of the transformer layers' weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(find_layers(model).state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cache_key(full_model: nn.Module, config: FedPFTConfig, extra: str = "") -> str:
+    settings = {name: getattr(config, name) for name in _KEY_FIELDS}
+    blob = json.dumps([weights_fingerprint(full_model), settings, extra], sort_keys=True, default=list)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def prepare_sub_model(full_model: nn.Module, config: FedPFTConfig, public_batches: Sequence, eval_batches: Sequence,
+                      *, cache_dir: Optional[Path] = None, cache_extra: str = "",
+                      device="cpu") -> Tuple[nn.Module, KeepIndex, Optional[AlignmentReport], bool]:
+    """Build the sub-FM and (for methods that use it) align it before FL.
+
+    Returns ``(sub_model, keep_index, report, from_cache)``; ``report`` is ``None`` when no
+    alignment ran in this call (disabled, or loaded from the cache).
+    """
+    sub_model, keep_index = build_sub_model(full_model, config)
+    if not config.layer_alignment:
+        return sub_model, keep_index, None, False
+    layers = config.compressed_layers(num_layers(full_model.config))
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / "sub_models" / f"{cache_key(full_model, config, cache_extra)}.safetensors"
+        if path.exists():
+            aligned = load_file(str(path))
+            missing = sub_model.load_state_dict(aligned, strict=False)
+            assert not missing.unexpected_keys, f"cached sub-FM has unknown tensors {missing.unexpected_keys[:3]}"
+            logger.info("layer-level alignment: reusing cached sub-FM %s", path)
+            return sub_model, keep_index, None, True
+    full_model.to(device)
+    sub_model.to(device)
+    report = align_layers_(full_model, sub_model, public_batches, eval_batches, layers,
+                           steps=config.layer_align_steps, lr=config.layer_align_lr,
+                           weight_decay=config.layer_align_weight_decay,
+                           warmup_ratio=config.layer_align_warmup_ratio,
+                           max_grad_norm=config.align_max_grad_norm, device=device)
+    if path is not None:
+        state = sub_model.state_dict()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file({name: state[name].detach().cpu().contiguous() for name in report.changed}, tmp)
+            os.replace(tmp, path)  # atomic: a crash never leaves a half-written cache entry
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return sub_model, keep_index, report, False

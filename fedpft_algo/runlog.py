@@ -1,0 +1,62 @@
+"""Files a participant writes into the run directory for the launcher and for tests.
+
+* ``status/<role>_<rank>.json``: phase (started, training, done, failed), round, pid, error;
+* ``events/<role>_<rank>.jsonl``: every FedML hook call, in order, with its round;
+* ``metrics.jsonl`` (server): one JSON object per finished round.
+Each status write is atomic (temporary file, then rename) so a reader never sees half a file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+
+class RunLog:
+    def __init__(self, run_dir: Optional[Path], role: str, rank: int):
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.role, self.rank = role, rank
+        self.round = 0
+        self.phase = "started"
+        if self.run_dir:
+            for sub in ("status", "events"):
+                (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
+
+    @property
+    def name(self) -> str:
+        return f"{self.role}_{self.rank}"
+
+    def status(self, phase: str, round_idx: Optional[int] = None, error: Optional[str] = None) -> None:
+        self.phase = phase
+        if round_idx is not None:
+            self.round = round_idx
+        if not self.run_dir:
+            return
+        record = {"role": self.role, "rank": self.rank, "round": self.round, "phase": phase,
+                  "pid": os.getpid(), "error": error, "time": time.time()}
+        write_json_atomic(self.run_dir / "status" / f"{self.name}.json", record)
+
+    def event(self, hook: str, round_idx: int, **extra: Any) -> None:
+        if self.run_dir:
+            with open(self.run_dir / "events" / f"{self.name}.jsonl", "a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"hook": hook, "round": round_idx, **extra}) + "\n")
+
+    def metrics(self, row: Dict[str, Any]) -> None:
+        if self.run_dir:
+            with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row) + "\n")
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(value, handle, indent=1)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

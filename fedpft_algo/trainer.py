@@ -1,0 +1,124 @@
+"""``FedPFTTrainer``: the client side of FedPFT as a FedML ``ClientTrainer``.
+
+A client holds only the sub-FM: it builds the skeleton from the model's configuration (no FM
+weights) and fills it from the server's first payload. Each round it trains LoRA + head on
+its local data with AdamW at a constant learning rate, and uploads those tensors; in
+alignment rounds it also uploads per-neuron activation counts of the compressed FFNs.
+"""
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+import time
+from collections import OrderedDict
+from typing import Optional
+
+import torch
+
+from .compat import load_fedml
+from .lora import trainable_state
+from .payload import COLLECT_STATS, CONTROL_PREFIX, METRICS_PREFIX, ROUND, load_payload_, split_prefixed
+from .settings import RunSettings
+from .stats import ActivationStatistics
+
+ClientTrainer = load_fedml().core.ClientTrainer
+logger = logging.getLogger(__name__)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (MiB)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+class FedPFTTrainer(ClientTrainer):
+    def __init__(self, model: torch.nn.Module, args, settings: Optional[RunSettings] = None,
+                 compressed_layers=(), runlog=None):
+        super().__init__(model, args)
+        self.settings = settings or RunSettings.from_args(args)
+        self.compressed_layers = tuple(compressed_layers)
+        self.runlog = runlog  # optional RunLog: hook order and an audit of every tensor received
+        self.initialised = False
+        self.round_idx = -1
+        self.collect_stats = False
+        self.stats = OrderedDict()
+        self.metrics = OrderedDict()
+
+    # ------------------------------------------------------------------ FedML contract
+    def get_model_params(self):
+        self._event("get_model_params", stats=bool(self.stats))
+        upload = trainable_state(self.model)
+        for name, value in self.stats.items():
+            upload[name] = value
+        for name, value in self.metrics.items():
+            upload[METRICS_PREFIX + name] = torch.tensor([float(value)], dtype=torch.float64)
+        return upload
+
+    def set_model_params(self, model_parameters):
+        tensors, controls = split_prefixed(model_parameters, CONTROL_PREFIX)
+        load_payload_(self.model, tensors, require_all=not self.initialised)
+        self.initialised = True
+        self.round_idx = int(controls["round"].item()) if "round" in controls else self.round_idx + 1
+        self.collect_stats = bool(controls["collect_stats"].item()) if "collect_stats" in controls else False
+        self._event("set_model_params", tensors={k: list(v.shape) for k, v in tensors.items()})
+        if self.runlog is not None:
+            self.runlog.status("training", self.round_idx)
+
+    def _event(self, hook: str, **extra) -> None:
+        if self.runlog is not None:
+            self.runlog.event(hook, self.round_idx, client=self.id, **extra)
+
+    def on_before_local_training(self, train_data, device, args):
+        self._event("on_before_local_training")
+        super().on_before_local_training(train_data, device, args)
+
+    def on_after_local_training(self, train_data, device, args):
+        self._event("on_after_local_training")
+        super().on_after_local_training(train_data, device, args)
+
+    def update_dataset(self, local_train_dataset, local_test_dataset, local_sample_number):
+        self._event("update_dataset")
+        super().update_dataset(local_train_dataset, local_test_dataset, local_sample_number)
+
+    def train(self, train_data, device, args):
+        self._event("train")
+        settings = self.settings
+        model = self.model.to(device)
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+        start = time.perf_counter()
+        losses = []
+        for _ in range(settings.epochs):
+            for batch in train_data:
+                batch = {k: v.to(device) for k, v in batch.items()}
+                loss = model(**batch).loss
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+        epoch_seconds = (time.perf_counter() - start) / max(1, settings.epochs)
+        self.stats = self._activation_counts(train_data, device) if self.collect_stats else OrderedDict()
+        self.metrics = OrderedDict(train_loss=sum(losses) / max(1, len(losses)), epoch_seconds=epoch_seconds,
+                                   peak_mem_mb=peak_rss_mb(), steps=len(losses))
+        logger.info("client %s round %d: loss %.4f, %.1fs/epoch%s", self.id, self.round_idx,
+                    self.metrics["train_loss"], epoch_seconds, ", activation counts collected" if self.stats else "")
+
+    @torch.no_grad()
+    def _activation_counts(self, train_data, device):
+        self.model.eval()
+        try:
+            with ActivationStatistics(self.model, self.compressed_layers) as recorder:
+                for batch in train_data:
+                    batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+                    recorder.mask = batch.get("attention_mask")
+                    self.model(**batch)
+            return recorder.counts()
+        finally:
+            self.model.train()
+
+    def test(self, test_data, device, args):
+        from .evaluate import evaluate
+
+        return evaluate(self.model.to(device), test_data, device)
