@@ -20,7 +20,7 @@ def weighted_average(uploads: Sequence[Upload], weighting: str = "weighted") -> 
         raise ValueError("no client uploads to aggregate")
     keys = list(uploads[0][1].keys())
     for index, (_, tensors) in enumerate(uploads):
-        if list(tensors.keys()) != keys:
+        if set(tensors.keys()) != set(keys):
             raise KeyError(f"upload {index} has different tensor names than upload 0")
     if weighting == "weighted":
         counts = torch.tensor([float(n) for n, _ in uploads], dtype=torch.float64)

@@ -118,7 +118,7 @@ def resolve_model_dir(name: str, cache_dir: Optional[Path] = None, *, verify: bo
         if not os.path.exists(os.path.join(name, "config.json")):
             raise ModelError(f"model directory {name!r} has no config.json")
         return name
-    elif os.path.sep in name and not name.count("/") == 1 or name.startswith((".", "~")):
+    elif name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.path.exists(name):
         raise ModelError(f"model directory {name!r} does not exist (or use minilm-l6, mpnet-base or a hub id)")
     else:
         return name  # a hub id: transformers resolves it (online or from the HF cache)

@@ -33,7 +33,7 @@ def _encoder(settings, model_config, task):
 def build_server(args, settings, task, model_config, device, runlog):
     from .aggregator import FedPFTAggregator
     from .data.loaders import encode_inputs, make_collator, make_loader
-    from .data.public import load_public
+    from .data.public import default_public_name, load_public
     from .models import load_full_model
 
     config = settings.fedpft
@@ -52,7 +52,7 @@ def build_server(args, settings, task, model_config, device, runlog):
     full_model = load_full_model(settings.model, task.num_labels, settings.cache_dir)
     return FedPFTAggregator(full_model, args, settings=settings, public_batches=public_loader,
                             eval_batches=eval_batches, test_data=test_loader, device=device, runlog=runlog,
-                            cache_extra=f"{public.__class__.__name__}:{len(features)}:{settings.seed}")
+                            cache_extra=f"{config.public_dataset or default_public_name(task)}:{len(features)}:{settings.seed}")
 
 
 def build_client(args, settings, task, model_config, device, runlog):

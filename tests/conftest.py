@@ -1,0 +1,98 @@
+"""Shared fixtures: tiny config-built models (random init, seeded, no downloads) and the packaged MiniLM.
+
+Tiny models have hidden 32, 4 layers, FFN 64, so a unit test on one takes milliseconds.
+``import fedpft_algo`` comes first: it makes ``torchvision`` (pulled in by ``transformers``)
+importable on CPU machines.
+"""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import fedpft_algo  # noqa: E402,F401  (compat fixes before transformers/peft are imported)
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+TINY_MODEL_TYPES = ("bert", "roberta", "mpnet", "distilbert", "vit", "llama")
+TINY_LAYERS, TINY_HIDDEN, TINY_FFN, TINY_VOCAB = 4, 32, 64, 100
+
+
+def tiny_model_config(model_type: str, num_labels: int = 2):
+    from transformers import AutoConfig
+
+    common = dict(hidden_size=TINY_HIDDEN, num_hidden_layers=TINY_LAYERS, num_attention_heads=4,
+                  intermediate_size=TINY_FFN, num_labels=num_labels)
+    if model_type == "distilbert":  # DistilBERT names its sizes differently
+        return AutoConfig.for_model("distilbert", vocab_size=TINY_VOCAB, dim=TINY_HIDDEN, n_layers=TINY_LAYERS,
+                                    n_heads=4, hidden_dim=TINY_FFN, max_position_embeddings=64, num_labels=num_labels)
+    if model_type == "vit":
+        return AutoConfig.for_model("vit", image_size=8, patch_size=4, num_channels=3, **common)
+    if model_type == "llama":
+        return AutoConfig.for_model("llama", vocab_size=TINY_VOCAB, num_key_value_heads=2, max_position_embeddings=64,
+                                    pad_token_id=0, **common)
+    return AutoConfig.for_model(model_type, vocab_size=TINY_VOCAB, max_position_embeddings=64, **common)
+
+
+def build_tiny_model(model_type: str, seed: int = 0, num_labels: int = 2):
+    """A tiny random model of ``model_type`` with a classification head, in eval mode.
+
+    Every parameter, biases and norms included, is drawn from N(0, 0.1): Hugging Face initialises
+    biases to 0 and norms to 1, which would hide a wrongly sliced bias.
+    """
+    from fedpft_algo.models import model_class_for
+
+    model_config = tiny_model_config(model_type, num_labels)
+    torch.manual_seed(seed)
+    model = model_class_for(model_config).from_config(model_config).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0.0, 0.1)
+    return model
+
+
+def build_tiny_inputs(model, batch: int = 2, seq_len: int = 8, seed: int = 1) -> dict:
+    """Inputs for ``model``: images for ViT, otherwise token ids with the last two positions of row 1 padded."""
+    generator = torch.Generator().manual_seed(seed)
+    config = model.config
+    if config.model_type == "vit":
+        return {"pixel_values": torch.randn(batch, config.num_channels, config.image_size, config.image_size,
+                                            generator=generator)}
+    input_ids = torch.randint(5, config.vocab_size, (batch, seq_len), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[-1, -2:] = 0
+    input_ids[-1, -2:] = config.pad_token_id
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+@pytest.fixture(params=TINY_MODEL_TYPES)
+def tiny_model_type(request) -> str:
+    """Parametrises a test over every architecture the registry ships."""
+    return request.param
+
+
+@pytest.fixture
+def make_tiny_model():
+    """Factory: ``make_tiny_model(model_type, seed=0, num_labels=2)``."""
+    return build_tiny_model
+
+
+@pytest.fixture
+def tiny_inputs():
+    """Factory: ``tiny_inputs(model, batch=2, seq_len=8, seed=1)``."""
+    return build_tiny_inputs
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """``(model, tokenizer)`` of the packaged MiniLM-L6 with a 2-label head. Read-only: deepcopy to mutate."""
+    from fedpft_algo.models import load_full_model, load_tokenizer
+
+    torch.manual_seed(0)
+    return load_full_model("minilm-l6", num_labels=2), load_tokenizer("minilm-l6")
+
+
+@pytest.fixture(scope="session")
+def minilm_inputs(minilm) -> dict:
+    _, tokenizer = minilm
+    return dict(tokenizer(["a warm, funny and moving film", "the plot was dull and far too long for its own good"],
+                          padding=True, return_tensors="pt"))
