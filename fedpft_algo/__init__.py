@@ -8,16 +8,29 @@ The server compresses its foundation model (FM) into a sub-FM (all layers kept, 
 cut by weight saliency), aligns it to the FM by layer-level distillation, clients fine-tune
 LoRA + head on the sub-FM, and the server plugs the aggregate back into the FM, re-aligning
 the sub-FM by neuron-level distillation every t rounds.
+
+The public names are imported lazily, so ``import fedpft_algo`` (and the command line's
+error paths) do not pay for importing ``peft`` and ``transformers``.
 """
+import importlib
+
 from . import compat  # noqa: F401  (must run before anything imports fedml or torchvision)
-from .aggregation import weighted_average
-from .compression import build_sub_model, build_sub_model_skeleton
 from .config import FedPFTConfig
 from .errors import ConfigError, DataError, FedPFTError, ModelError
-from .lora import add_lora, plug_in_, trainable_state
 
-__all__ = [
-    "FedPFTConfig", "build_sub_model", "build_sub_model_skeleton", "trainable_state", "plug_in_", "add_lora",
-    "weighted_average", "FedPFTError", "ConfigError", "DataError", "ModelError",
-]
+_LAZY = {
+    "build_sub_model": "compression", "build_sub_model_skeleton": "compression",
+    "trainable_state": "lora", "plug_in_": "lora", "add_lora": "lora",
+    "weighted_average": "aggregation",
+}
+
+__all__ = ["FedPFTConfig", "FedPFTError", "ConfigError", "DataError", "ModelError", *_LAZY]
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
