@@ -1,0 +1,127 @@
+"""The ``fedpft`` command line.
+
+FedML 0.9.6's ``fedml run`` only talks to FedML's hosted platform; ``fedpft run`` is the local
+equivalent::
+
+    fedpft run --cf fedml_config/simulation_mpi.yaml [--set comm_round=3 ...] [--out DIR]
+               [--timeout 3600] [--round-timeout 900]
+
+Each subcommand is one ``_cmd_<name>(args)`` function registered in :data:`COMMANDS` together with
+a function that adds its arguments. Input mistakes (:class:`FedPFTError`) print
+``fedpft: error: <message>`` and exit 2; a run that starts but fails prints
+``fedpft: run failed: <message>`` and exits 1.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+from .errors import ConfigError, FedPFTError
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+# ---------------------------------------------------------------------- fedpft run
+def _add_run_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cf", required=True, metavar="FILE", help="FedML yaml config (see fedml_config/)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override a config key by its FedML (flattened) name, value parsed as YAML; "
+                             "SECTION.KEY=VALUE adds a key; repeatable. Relative paths are taken from the "
+                             "current directory (those inside the yaml from the yaml's directory)")
+    parser.add_argument("--out", metavar="DIR", help="run directory, new or empty "
+                        "(default: runs/<config name>-<YYYYmmdd-HHMMSS>)")
+    parser.add_argument("--timeout", type=float, default=3600.0, metavar="S",
+                        help="stop the run after S seconds in total (default: %(default)g)")
+    parser.add_argument("--round-timeout", type=float, default=900.0, metavar="S",
+                        help="stop the run when no round finishes for S seconds after the first started; "
+                             "also bounds the wait for the GRPC server to listen (default: %(default)g)")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from . import launcher, results
+
+    for name in ("timeout", "round_timeout"):
+        if not getattr(args, name) > 0:
+            raise ConfigError(f"--{name.replace('_', '-')} {getattr(args, name):g}: expected a number of seconds > 0")
+    plan = launcher.plan_run(args.cf, args.overrides)   # every input check happens before the run dir exists
+    run_dir, created = _make_run_dir(args.out, plan.config_file)
+    try:
+        rounds = launcher.launch(plan, run_dir, timeout=args.timeout, round_timeout=args.round_timeout)
+    except launcher.RunFailed as exc:
+        print(f"fedpft: run failed: {exc}", file=sys.stderr)
+        print(f"fedpft: logs are in {run_dir / 'logs'}", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    except FedPFTError:
+        if created:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    written = [p.name for p in results.write_results(run_dir, rounds) if p is not None]
+    last = rounds[-1]
+    print(f"fedpft: finished {len(rounds)} round(s): accuracy {_number(last.get('accuracy'))}, "
+          f"sub-model accuracy {_number(last.get('sub_accuracy'))}; wrote {', '.join(written)} in:")
+    print(run_dir)
+    return EXIT_OK
+
+
+def _number(value) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+
+
+def _make_run_dir(out: Optional[str], config_file: Path) -> Tuple[Path, bool]:
+    """The run directory, created now (after validation); refuses a non-empty existing one."""
+    if out:
+        run_dir = Path(out).expanduser().resolve()
+        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+            raise ConfigError(f"--out {out}: the directory exists and is not empty; choose a new one")
+    else:
+        stem = Path("runs") / f"{config_file.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir, n = stem.resolve(), 1
+        while run_dir.exists():
+            n += 1
+            run_dir = Path(f"{stem}-{n}").resolve()
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir, created
+
+
+# ---------------------------------------------------------------------- the table of subcommands
+# name -> (help, add_arguments, command). Other subcommands (compress, bench, predict) go here.
+COMMANDS: Dict[str, Tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
+    "run": ("run a FedML job locally (simulation sp/MPI, cross-silo MPI/GRPC)", _add_run_args, _cmd_run),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedpft", description="FedPFT (Federated Proxy Fine-Tuning) for FedML")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show the launcher's log messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (help_text, add_arguments, command) in COMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        add_arguments(sub_parser)
+        sub_parser.set_defaults(handler=command)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.handler(args)
+    except FedPFTError as exc:
+        print(f"fedpft: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:   # before anything started (a run stops its processes itself)
+        print("fedpft: interrupted", file=sys.stderr)
+        return EXIT_RUN_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
