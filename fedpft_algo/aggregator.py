@@ -32,7 +32,8 @@ from .alignment import align_neurons_
 from .arch import num_layers
 from .compat import load_fedml
 from .evaluate import evaluate
-from .lora import add_lora, plug_in_, trainable_state
+from .gradient_error import GradientProbe, probe_batch
+from .lora import add_lora, is_trainable_name, plug_in_, trainable_state
 from .payload import METRICS_PREFIX, control, nbytes, split_prefixed
 from .proxy import prepare_sub_model
 from .runlog import RunLog
@@ -75,9 +76,10 @@ class FedPFTAggregator(ServerAggregator):
             cache_dir=self.settings.cache_dir, cache_extra=self.cache_extra, device=self.device)
         self.layer_report = report
         torch.manual_seed(self.settings.seed)
-        self.sub_model = add_lora(sub_model, self.config).to(self.device)
+        self.sub_model = self._client_lora(sub_model).to(self.device)
         self.model = add_lora(self.model, self.config).to(self.device)
-        plug_in_(self.model, trainable_state(self.sub_model))  # same LoRA init and head on both
+        self._plug_into_full_model(trainable_state(self.sub_model))  # same LoRA init and head on both
+        self._prepare_metrics = self._gradient_error("init")
         self.payload = OrderedDict(self.sub_model.state_dict())
         self.payload.update(control(0, self.config.is_alignment_round(0, self.settings.comm_round)))
         self.prepare_seconds = time.perf_counter() - start
@@ -99,7 +101,8 @@ class FedPFTAggregator(ServerAggregator):
         self.payload = model_parameters
 
     def on_before_aggregation(self, raw_client_model_or_grad_list):
-        self.runlog.event("on_before_aggregation", self.round_idx, clients=len(raw_client_model_or_grad_list))
+        self.runlog.event("on_before_aggregation", self.round_idx, clients=len(raw_client_model_or_grad_list),
+                          kinds=sorted({_kind(name) for _, upload in raw_client_model_or_grad_list for name in upload}))
         params_list, stats, client_metrics, upload_bytes = [], [], [], []
         for sample_count, upload in raw_client_model_or_grad_list:
             rest, scalars = split_prefixed(upload, METRICS_PREFIX)
@@ -119,14 +122,16 @@ class FedPFTAggregator(ServerAggregator):
     def on_after_aggregation(self, aggregated_model_or_grad):
         round_idx = self.round_idx
         self.runlog.event("on_after_aggregation", round_idx)
-        plug_in_(self.model, aggregated_model_or_grad)
+        self._plug_into_full_model(aggregated_model_or_grad)
         plug_in_(self.sub_model, aggregated_model_or_grad)
+        grad = self._pending["grad"] = self._gradient_error("before")
         fm = evaluate(self.model, self.test_data, self.device)
         sub = evaluate(self.sub_model, self.test_data, self.device)
         payload = OrderedDict(aggregated_model_or_grad)
         align_seconds, changed = 0.0, []
         if self.config.is_alignment_round(round_idx, self.settings.comm_round):
             changed, align_seconds = self._align_neurons()
+            grad.update(self._gradient_error("after"))
             state = self.sub_model.state_dict()
             payload.update((name, state[name].detach().cpu().clone()) for name in changed)
         payload.update(control(round_idx + 1, self.config.is_alignment_round(round_idx + 1, self.settings.comm_round)))
@@ -182,6 +187,7 @@ class FedPFTAggregator(ServerAggregator):
             "round_seconds": now - getattr(self, "_last_round_end", getattr(self, "_start_time", now)),
             "test_correct": fm["test_correct"], "test_total": fm["test_total"], "test_loss": fm["test_loss"],
         }
+        row.update(self._extra_metrics(round_idx))
         self._last_round_end = now
         self.history.append(row)
         self.runlog.metrics(row)
@@ -200,6 +206,54 @@ class FedPFTAggregator(ServerAggregator):
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in trainable_state(self.model).items()}, str(path))
         return path
+
+    # ------------------------------------------------------------------ FedOT and the gradient error
+    def _client_lora(self, proxy: torch.nn.Module):
+        if self.config.method == "fedot":  # LoRA on the emulator's adapter layers only
+            from .fedot import add_emulator_lora
+
+            return add_emulator_lora(proxy, self.config)
+        return add_lora(proxy, self.config)
+
+    def _plug_into_full_model(self, state) -> None:
+        if self.config.method == "fedot":  # emulator layer i is FM layer layer_map[i]
+            from .fedot import emulator_layer_map, plug_in_mapped_
+
+            plug_in_mapped_(self.model, state, emulator_layer_map(self.sub_model.config))
+        else:
+            plug_in_(self.model, state)
+
+    def _gradient_error(self, tag: str) -> dict:
+        """Gradient error of the proxy against the FM (same LoRA + head) on a fixed test slice."""
+        if not self.config.uses_sub_model:
+            return {}  # FedPETuning: the clients' model is the FM
+        if getattr(self, "_grad_probe", None) is None:
+            rename = None
+            if self.config.method == "fedot":
+                from .arch import arch_of
+                from .fedot import emulator_layer_map, full_model_names
+
+                layer_map, layers = emulator_layer_map(self.sub_model.config), arch_of(self.model).layers
+                rename = lambda state: full_model_names(state, layer_map, layers)  # noqa: E731
+            self._grad_probe = GradientProbe(probe_batch(self.test_data), self.device, rename)
+        return self._grad_probe.measure(self.model, self.sub_model, tag)
+
+    def _extra_metrics(self, round_idx: int) -> dict:
+        extra = dict(self._pending.get("grad", {}))
+        if round_idx == 0:  # the pre-round hook's cost and the gradient error it left
+            extra.update(getattr(self, "_prepare_metrics", {}))
+            extra["prepare_seconds"] = getattr(self, "prepare_seconds", float("nan"))
+            extra["layer_align_seconds"] = self.layer_report.seconds if self.layer_report else 0.0
+        return extra
+
+
+def _kind(name: str) -> str:
+    """What an uploaded tensor is: LoRA/head, activation counts, training scalars, or other."""
+    if name.startswith(STATS_PREFIX):
+        return "stats"
+    if name.startswith(METRICS_PREFIX):
+        return "metrics"
+    return "lora" if is_trainable_name(name) else "other"
 
 
 def _mean(values) -> float:

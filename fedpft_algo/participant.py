@@ -63,8 +63,13 @@ def build_client(args, settings, task, model_config, device, runlog):
     from .trainer import FedPFTTrainer
 
     config = settings.fedpft
-    skeleton = build_sub_model_skeleton(model_config, config, model_class=model_class_for(model_config))
-    model = add_lora(skeleton, config)
+    if config.method == "fedot":  # Offsite-Tuning's emulator, LoRA on its adapter layers only
+        from .fedot import build_client_emulator
+
+        model = build_client_emulator(model_config, config, model_class=model_class_for(model_config))
+    else:
+        skeleton = build_sub_model_skeleton(model_config, config, model_class=model_class_for(model_config))
+        model = add_lora(skeleton, config)
     return FedPFTTrainer(model, args, settings, compressed_layers=config.compressed_layers(num_layers(model_config)),
                          runlog=runlog), model
 
@@ -120,7 +125,7 @@ def run(args) -> None:
     elif role == "server":
         dataset = build_dataset(settings, task, model_config, with_clients=False)
         aggregator = build_server(args, settings, task, model_config, device, runlog)
-        aggregator.prepare()
+        # the pre-round hook runs inside the first get_model_params, once FedML's transport is up
         FedMLRunner(args, device, dataset, aggregator.model, server_aggregator=aggregator).run()
     else:
         dataset = build_dataset(settings, task, model_config, with_clients=True)

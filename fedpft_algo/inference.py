@@ -1,0 +1,65 @@
+"""Using a finished run: the FM with the tuned LoRA + head plugged in.
+
+    from fedpft_algo.inference import load_tuned_model, predict
+    model, encoder, label_names = load_tuned_model("runs/simulation_mpi-...")
+    predict(model, encoder, ["a gripping, beautifully acted film"])
+
+or from the shell: ``fedpft predict RUN_DIR "some text" ...``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Sequence, Tuple
+
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from .config import FedPFTConfig
+from .errors import FedPFTError
+
+FINAL = Path("final") / "trainable.safetensors"
+
+
+def _flat(config: dict) -> dict:
+    return {k: v for section in config.values() if isinstance(section, dict) for k, v in section.items()}
+
+
+def load_tuned_model(run_dir, device="cpu") -> Tuple[torch.nn.Module, object, List[str]]:
+    """``(model, tokenizer or image config, label names)`` for a finished run directory."""
+    from .lora import add_lora, plug_in_
+    from .models import load_full_model, load_model_config, load_tokenizer
+
+    run_dir = Path(run_dir)
+    weights = run_dir / FINAL
+    if not weights.exists():
+        raise FedPFTError(f"{weights} does not exist: not a finished fedpft run directory")
+    flat = _flat(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")))
+    config = FedPFTConfig.from_dict({k: v for k, v in flat.items() if k.startswith("fedpft_")}, prefix="fedpft_")
+    state = load_file(str(weights))
+    label_names = _label_names(run_dir)
+    head_bias = [v for k, v in state.items() if "modules_to_save" in k and k.endswith("bias")][-1]
+    model_name = str(flat.get("model", "minilm-l6"))
+    torch.manual_seed(0)
+    model = add_lora(load_full_model(model_name, int(head_bias.shape[0])), config)
+    plug_in_(model, state)
+    model_config = load_model_config(model_name, int(head_bias.shape[0]))
+    encoder = model_config if model_config.model_type == "vit" else load_tokenizer(model_name)
+    return model.to(device).eval(), encoder, label_names
+
+
+def _label_names(run_dir: Path) -> List[str]:
+    partition = run_dir / "partition.json"
+    if partition.exists():
+        rows = json.loads(partition.read_text(encoding="utf-8"))
+        if rows and isinstance(rows[0].get("label_counts"), dict):
+            return list(rows[0]["label_counts"].keys())
+    return []
+
+
+@torch.no_grad()
+def predict(model, tokenizer, texts: Sequence[str], max_length: int = 128) -> List[int]:
+    batch = tokenizer(list(texts), truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    batch = {k: v.to(next(model.parameters()).device) for k, v in batch.items()}
+    return model(**batch).logits.argmax(dim=-1).tolist()

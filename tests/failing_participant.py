@@ -1,0 +1,23 @@
+"""The real FedPFT participant, except that client rank 1 raises inside ``FedPFTTrainer.train``.
+
+Used by tests/test_fedml_integration.py to show that a failing client stops the whole run.
+"""
+import sys
+
+import fedpft_algo.trainer as trainer
+from fedpft_algo import participant
+
+
+def _broken_train(self, train_data, device, args):
+    raise RuntimeError("injected failure inside train")
+
+
+if __name__ == "__main__":
+    rank = sys.argv[sys.argv.index("--rank") + 1] if "--rank" in sys.argv else None
+    if rank is None:  # under mpirun: ask MPI
+        from mpi4py import MPI
+
+        rank = str(MPI.COMM_WORLD.Get_rank())
+    if rank == "1":
+        trainer.FedPFTTrainer.train = _broken_train
+    sys.exit(participant.main())

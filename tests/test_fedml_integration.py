@@ -1,0 +1,150 @@
+"""FedPFT through FedML's real multi-process paths, on a 2-layer cut of the real MiniLM-L6.
+
+Each test starts real processes with ``fedpft run`` (mpirun for MPI simulation and cross-silo
+MPI, one OS process per participant for cross-silo GRPC) and then reads what the participants
+recorded: the order of FedML's hook calls on both sides, every tensor a client received (the
+payload audit), what clients uploaded, and the per-round metrics.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fedpft_algo import launcher
+
+TESTS_DIR = Path(__file__).resolve().parent
+CONFIG_DIR = TESTS_DIR.parent / "fedml_config"
+FFN_IN = "intermediate.dense.weight"
+FFN_OUT = "output.dense.weight"
+
+pytestmark = pytest.mark.timeout(420)
+
+
+@pytest.fixture(scope="module")
+def minilm_2layer(tmp_path_factory) -> Path:
+    """The packaged MiniLM-L6 cut to its first 2 pretrained layers, saved as a model directory."""
+    from transformers import AutoModel
+
+    from fedpft_algo.models import load_tokenizer, resolve_model_dir
+
+    out = tmp_path_factory.mktemp("minilm2")
+    AutoModel.from_pretrained(resolve_model_dir("minilm-l6"), num_hidden_layers=2).save_pretrained(out)
+    load_tokenizer("minilm-l6").save_pretrained(out)
+    return out
+
+
+def small_run_overrides(model_dir: Path, cache: Path) -> list:
+    return [
+        f"model={model_dir}", f"data_cache_dir={cache}", "comm_round=2", "client_num_in_total=2",
+        "client_num_per_round=2", "max_train_examples=64", "max_test_examples=32", "batch_size=16",
+        "fedpft_retained_layers=[0]", "fedpft_align_interval=1", "fedpft_layer_align_steps=3",
+        "fedpft_neuron_align_steps=2", "fedpft_public_size=80", "fedpft_max_length=32",
+    ]
+
+
+def fedpft_run(config: str, out: Path, overrides: list, timeout: float = 360) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "fedpft_algo.cli", "run", "--cf", str(CONFIG_DIR / config), "--out", str(out),
+               "--timeout", str(timeout - 30), "--round-timeout", "240"]
+    for item in overrides:
+        command += ["--set", item]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+def read_events(run_dir: Path, name: str) -> list:
+    return [json.loads(line) for line in (run_dir / "events" / f"{name}.jsonl").read_text().splitlines()]
+
+
+def hooks(events: list) -> list:
+    return [e["hook"] for e in events]
+
+
+def assert_fedpft_run(run_dir: Path, client_hooks_per_round: list) -> None:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert [row["round"] for row in metrics] == [0, 1]
+    assert [row["align"] for row in metrics] == [True, False]  # t = 1, never after the last round
+    assert all(0.0 <= row["accuracy"] <= 1.0 and 0.0 <= row["sub_accuracy"] <= 1.0 for row in metrics)
+    assert (run_dir / "final" / "trainable.safetensors").stat().st_size > 0
+
+    # server: pre-round hook once, then per round the three aggregation hooks, plug-in inside the last
+    server = hooks(read_events(run_dir, "server_0"))
+    assert server[:2] == ["pre_round", "get_model_params"]
+    per_round = [h for h in server if h in ("on_before_aggregation", "aggregate", "on_after_aggregation",
+                                           "neuron_alignment", "set_model_params")]
+    assert per_round == ["on_before_aggregation", "aggregate", "on_after_aggregation", "neuron_alignment",
+                         "set_model_params",
+                         "on_before_aggregation", "aggregate", "on_after_aggregation", "set_model_params"]
+    uploads = [e for e in read_events(run_dir, "server_0") if e["hook"] == "on_before_aggregation"]
+    # clients upload only LoRA/head tensors, activation counts (alignment round) and training scalars
+    assert [sorted(e["kinds"]) for e in uploads] == [["lora", "metrics", "stats"], ["lora", "metrics"]]
+
+    for name in ("client_1", "client_2"):
+        events = read_events(run_dir, name)
+        calls = [h for h in hooks(events) if h in client_hooks_per_round]
+        assert calls == client_hooks_per_round * 2
+        received = [e["tensors"] for e in events if e["hook"] == "set_model_params"]
+        assert len(received) == 2
+        # round 0: the whole sub-FM; round 1: LoRA/head plus the FFN tensors alignment changed
+        assert any(k.endswith("layer.1." + FFN_IN) for k in received[1])
+        assert all(("lora_" in k or "modules_to_save" in k or ".layer.1." in k) for k in received[1])
+        # payload audit: no tensor of a compressed layer's FFN has the FM's shape, and all rounds
+        # together carry at most k = 384 of the FM's 1536 neurons of layer 1
+        for payload in received:
+            for key, shape in payload.items():
+                if ".layer.1." in key and key.endswith(FFN_IN):
+                    assert shape == [384, 384], (key, shape)
+                if ".layer.1." in key and key.endswith(FFN_OUT) and "attention" not in key:
+                    assert shape == [384, 384], (key, shape)
+        stats_rounds = [e["stats"] for e in events if e["hook"] == "get_model_params"]
+        assert stats_rounds == [True, False]
+
+
+def test_mpi_simulation_calls_fedpft_hooks_every_round(minilm_2layer, tmp_path):
+    result = fedpft_run("simulation_mpi.yaml", tmp_path / "run", small_run_overrides(minilm_2layer, tmp_path / "c"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_fedpft_run(tmp_path / "run", ["set_model_params", "train", "get_model_params"])
+
+
+def test_cross_silo_grpc_calls_fedpft_hooks_every_round(minilm_2layer, tmp_path):
+    result = fedpft_run("cross_silo_grpc.yaml", tmp_path / "run", small_run_overrides(minilm_2layer, tmp_path / "c"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_fedpft_run(tmp_path / "run", ["update_dataset", "set_model_params", "on_before_local_training", "train",
+                                         "on_after_local_training", "get_model_params"])
+
+
+def test_cross_silo_mpi_calls_fedpft_hooks_every_round(minilm_2layer, tmp_path):
+    result = fedpft_run("cross_silo_mpi.yaml", tmp_path / "run", small_run_overrides(minilm_2layer, tmp_path / "c"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_fedpft_run(tmp_path / "run", ["update_dataset", "set_model_params", "on_before_local_training", "train",
+                                         "on_after_local_training", "get_model_params"])
+
+
+@pytest.mark.parametrize("config", ["simulation_mpi.yaml", "cross_silo_grpc.yaml"])
+def test_failing_client_stops_the_run_without_leftovers(minilm_2layer, tmp_path, monkeypatch, config):
+    monkeypatch.setenv("PYTHONPATH", str(TESTS_DIR) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    monkeypatch.setattr(launcher, "PARTICIPANT_MODULE", "failing_participant")
+    overrides = small_run_overrides(minilm_2layer, tmp_path / "c")
+    plan = launcher.plan_run(CONFIG_DIR / config, overrides)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    start = time.monotonic()
+    with pytest.raises(launcher.RunFailed, match=r"client rank 1 failed in round 1: .*injected failure"):
+        launcher.launch(plan, run_dir, timeout=300, round_timeout=200, progress=False)
+    statuses = launcher.read_statuses(run_dir)
+    # the failure is seen and everything stopped within 30 s of the client's failure
+    failed_at = statuses["client_1"]["time"]
+    assert time.time() - failed_at < 30
+    assert time.monotonic() - start < 300
+    pids = [s["pid"] for s in statuses.values()]
+    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()], "a participant outlived the run"
+
+
+def test_unknown_fedpft_key_is_a_one_line_error(tmp_path):
+    result = fedpft_run("simulation_mpi.yaml", tmp_path / "run", ["fedpft_align_intervall=2"], timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "fedpft_align_intervall" in result.stderr and "fedpft_align_interval" in result.stderr
+    assert not (tmp_path / "run").exists()
