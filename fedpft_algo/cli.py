@@ -91,10 +91,51 @@ def _make_run_dir(out: Optional[str], config_file: Path) -> Tuple[Path, bool]:
     return run_dir, created
 
 
+# ---------------------------------------------------------------------- fedpft compress
+def _add_compress_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="minilm-l6", help="FM: minilm-l6, mpnet-base, a model dir or hub id")
+    parser.add_argument("--dataset", default="rotten_tomatoes", help="task whose default public set is used")
+    parser.add_argument("--set", action="append", default=[], metavar="fedpft_KEY=VALUE", dest="overrides",
+                        help="a FedPFT setting, e.g. fedpft_layer_align_steps=300 (repeatable)")
+    parser.add_argument("--out", metavar="DIR", help="also write DIR/compress_report.json")
+
+
+def _cmd_compress(args: argparse.Namespace) -> int:
+    from .config import FedPFTConfig
+    from .launcher import parse_override
+    from .report import compress_report, format_report
+
+    values = dict(parse_override(item) for item in args.overrides)
+    config = FedPFTConfig.from_dict(values, prefix="fedpft_")
+    result = compress_report(args.model, dataset=args.dataset, config=config,
+                             out=Path(args.out) if args.out else None)
+    print(format_report(result))
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------- fedpft predict
+def _add_predict_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", help="a finished fedpft run directory")
+    parser.add_argument("texts", nargs="+", help="texts to classify with the FM + tuned LoRA/head")
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .inference import load_tuned_model, predict
+
+    model, tokenizer, label_names = load_tuned_model(args.run_dir)
+    for text, label in zip(args.texts, predict(model, tokenizer, args.texts)):
+        name = label_names[label] if label < len(label_names) else str(label)
+        print(f"{name}\t{text}")
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------------- the table of subcommands
 # name -> (help, add_arguments, command). Other subcommands (compress, bench, predict) go here.
 COMMANDS: Dict[str, Tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "run": ("run a FedML job locally (simulation sp/MPI, cross-silo MPI/GRPC)", _add_run_args, _cmd_run),
+    "compress": ("build and layer-align a sub-FM; report sizes, FLOPs and distillation loss",
+                 _add_compress_args, _cmd_compress),
+    "predict": ("classify texts with the FM + the LoRA/head of a finished run", _add_predict_args, _cmd_predict),
 }
 
 

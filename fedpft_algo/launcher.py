@@ -239,9 +239,12 @@ def _validate(config: Dict[str, Dict[str, Any]], path: Path) -> RunPlan:
             raise bad("scenario", "horizontal (FedML 0.9.6's hierarchical cross-silo is broken)")
         wanted = list(range(1, n + 1))
         ids = flat.get("client_id_list")
-        if ids is not None and _parse_id_list(ids) != wanted:
+        if ids not in (None, "[]", []) and _parse_id_list(ids) != wanted:
             raise bad("client_id_list", f"{json.dumps(wanted)} (one id per client rank) or no key")
-        config.setdefault("train_args", {})["client_id_list"] = json.dumps(wanted)   # FedML json.loads it
+        # One config serves every participant: with "[]" FedML gives the server [1..N] and client
+        # rank r the list [r] (fedml._update_client_id_list). A shared "[1, 2]" would make every
+        # client claim id 1, and the server would wait forever for client 2.
+        config.setdefault("train_args", {})["client_id_list"] = "[]"
         config.setdefault("device_args", {})["worker_num"] = n
     if backend == "MPI":
         plan.mpirun = _find_mpirun()

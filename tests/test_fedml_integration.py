@@ -84,7 +84,9 @@ def assert_fedpft_run(run_dir: Path, client_hooks_per_round: list) -> None:
     for name in ("client_1", "client_2"):
         events = read_events(run_dir, name)
         calls = [h for h in hooks(events) if h in client_hooks_per_round]
-        assert calls == client_hooks_per_round * 2
+        n = len(client_hooks_per_round)
+        assert calls[:2 * n] == client_hooks_per_round * 2
+        assert "train" not in calls[2 * n:]  # FedML's cross-silo finish may call update_dataset once more
         received = [e["tensors"] for e in events if e["hook"] == "set_model_params"]
         assert len(received) == 2
         # round 0: the whole sub-FM; round 1: LoRA/head plus the FFN tensors alignment changed
