@@ -398,7 +398,7 @@ def launch(plan: RunPlan, run_dir: os.PathLike, *, timeout: float = 3600.0, roun
     """
     run_dir = Path(run_dir).resolve()
     config_path = prepare_run_dir(plan, run_dir)
-    env = _participant_env(run_dir)
+    env = _participant_env(run_dir, plan.num_clients if plan.num_processes > 1 else 1)
     command = [sys.executable, "-m", participant_module or PARTICIPANT_MODULE, "--cf", str(config_path)]
     procs: List[_Proc] = []
     state = _State()
@@ -536,8 +536,12 @@ def _last_line(log: Path, limit: int = 300) -> str:
 
 
 # ---------------------------------------------------------------------- processes
-def _participant_env(run_dir: Path) -> Dict[str, str]:
+def _participant_env(run_dir: Path, parallel: int = 1) -> Dict[str, str]:
     env = dict(os.environ)
+    # The clients of a round train at the same time: share the cores among them instead of
+    # starting one torch thread per core in each (the server, busy only while clients wait,
+    # takes all cores again itself: see participant.run).
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, parallel))))
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("HF_HOME", str(Path("~/.cache/huggingface").expanduser()))   # before HOME moves
     env.update(HOME=str(run_dir / "home"), PYTHONUNBUFFERED="1", FEDPFT_RUN_DIR=str(run_dir))

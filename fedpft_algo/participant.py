@@ -123,6 +123,8 @@ def run(args) -> None:
         flow = SingleProcessFlow(args, device, dataset, trainer, aggregator, runlog)
         FedMLRunner(args, device, dataset, model, algorithm_flow=flow).run()
     elif role == "server":
+        # the server computes only while the clients wait for it: it may use every core
+        torch.set_num_threads(max(torch.get_num_threads(), os.cpu_count() or 1))
         dataset = build_dataset(settings, task, model_config, with_clients=False)
         aggregator = build_server(args, settings, task, model_config, device, runlog)
         # the pre-round hook runs inside the first get_model_params, once FedML's transport is up

@@ -96,3 +96,16 @@ def minilm_inputs(minilm) -> dict:
     _, tokenizer = minilm
     return dict(tokenizer(["a warm, funny and moving film", "the plot was dull and far too long for its own good"],
                           padding=True, return_tensors="pt"))
+
+
+@pytest.fixture(scope="session")
+def minilm_2layer(tmp_path_factory):
+    """The packaged MiniLM-L6 cut to its first 2 pretrained layers, saved as a model directory."""
+    from transformers import AutoModel
+
+    from fedpft_algo.models import load_tokenizer, resolve_model_dir
+
+    out = tmp_path_factory.mktemp("minilm2")
+    AutoModel.from_pretrained(resolve_model_dir("minilm-l6"), num_hidden_layers=2).save_pretrained(out)
+    load_tokenizer("minilm-l6").save_pretrained(out)
+    return out

@@ -24,19 +24,6 @@ FFN_OUT = "output.dense.weight"
 pytestmark = pytest.mark.timeout(420)
 
 
-@pytest.fixture(scope="module")
-def minilm_2layer(tmp_path_factory) -> Path:
-    """The packaged MiniLM-L6 cut to its first 2 pretrained layers, saved as a model directory."""
-    from transformers import AutoModel
-
-    from fedpft_algo.models import load_tokenizer, resolve_model_dir
-
-    out = tmp_path_factory.mktemp("minilm2")
-    AutoModel.from_pretrained(resolve_model_dir("minilm-l6"), num_hidden_layers=2).save_pretrained(out)
-    load_tokenizer("minilm-l6").save_pretrained(out)
-    return out
-
-
 def small_run_overrides(model_dir: Path, cache: Path) -> list:
     return [
         f"model={model_dir}", f"data_cache_dir={cache}", "comm_round=2", "client_num_in_total=2",
@@ -150,3 +137,27 @@ def test_unknown_fedpft_key_is_a_one_line_error(tmp_path):
     assert result.stderr.strip().count("\n") == 0
     assert "fedpft_align_intervall" in result.stderr and "fedpft_align_interval" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_csv_with_unusual_columns_runs_end_to_end(minilm_2layer, tmp_path):
+    """A user's CSV (odd column names, string labels) through `fedpft run` (sp, 2 clients, 1 round)."""
+    import csv
+
+    from fedpft_algo.data import load_task
+
+    task = load_task("rotten_tomatoes", max_train=60, max_test=20)
+    path = tmp_path / "my reviews.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["Review Text", "Critic Verdict"])
+        for text, label in zip(list(task.train_inputs) + list(task.test_inputs),
+                               list(task.train_labels) + list(task.test_labels)):
+            writer.writerow([text, "thumbs up" if label == 1 else "thumbs down"])
+    overrides = small_run_overrides(minilm_2layer, tmp_path / "c") + [
+        f"dataset={path}", "comm_round=1", "fedpft_text_columns=Review Text", "fedpft_label_column=Critic Verdict"]
+    result = fedpft_run("simulation_sp.yaml", tmp_path / "run", overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert len(metrics) == 1 and metrics[0]["test_total"] > 0
+    partition = json.loads((tmp_path / "run" / "partition.json").read_text())
+    assert len(partition) == 2 and set(partition[0]["label_counts"]) == {"thumbs down", "thumbs up"}
