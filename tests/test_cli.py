@@ -92,7 +92,7 @@ BAD_INPUTS = {  # id -> (make the config file, extra CLI args, what stderr must 
     "backend cross_silo": (lambda t: config_with(t, "cross_silo_mpi", comm_args={"backend": "sp"}), [],
                            r"comm_args\.backend='sp' .*expected one of MPI, GRPC for training_type cross_silo"),
     "per_round > total": (lambda t: config_with(t, train_args={"client_num_per_round": 11}), [],
-                          r"train_args\.client_num_per_round=11 .*expected at most client_num_in_total \(10\)"),
+                          r"train_args\.client_num_per_round=11 .*expected at most client_num_in_total \(4\)"),
     "per_round 0": (lambda t: config_with(t), ["--set", "client_num_per_round=0"],
                     r"train_args\.client_num_per_round=0 is not allowed: expected an integer >= 1"),
     "comm_round 0": (lambda t: config_with(t), ["--set", "comm_round=0"], r"train_args\.comm_round=0 .*>= 1"),
