@@ -27,6 +27,7 @@ setup(
         "grpcio",
         "tqdm",
         "pyyaml",
+        "dp-accounting",
         "matplotlib",
         "pandas",
         "scikit-learn",

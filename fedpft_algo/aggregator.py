@@ -35,6 +35,7 @@ from .evaluate import evaluate
 from .gradient_error import GradientProbe, probe_batch
 from .lora import add_lora, is_trainable_name, plug_in_, trainable_state
 from .payload import METRICS_PREFIX, control, nbytes, split_prefixed
+from .privacy import epsilon
 from .proxy import prepare_sub_model
 from .runlog import RunLog
 from .settings import RunSettings
@@ -185,6 +186,7 @@ class FedPFTAggregator(ServerAggregator):
             "download_bytes": nbytes(payload),
             "align": bool(changed), "align_seconds": align_seconds, "changed_tensors": len(changed),
             "round_seconds": now - getattr(self, "_last_round_end", getattr(self, "_start_time", now)),
+            "dp_epsilon": self._epsilon(round_idx + 1),
             "test_correct": fm["test_correct"], "test_total": fm["test_total"], "test_loss": fm["test_loss"],
         }
         row.update(self._extra_metrics(round_idx))
@@ -193,6 +195,13 @@ class FedPFTAggregator(ServerAggregator):
         self.runlog.metrics(row)
         logger.info("round %d: FM acc %.4f, sub-FM acc %.4f, upload %d B/client", round_idx, row["accuracy"],
                     row["sub_accuracy"], row["upload_bytes"])
+
+    def _epsilon(self, rounds: int):
+        """Privacy spent by one client after ``rounds`` rounds (None when DP is off)."""
+        if self.config.dp_clip_norm <= 0:
+            return None
+        rate = self.settings.client_num_per_round / self.settings.client_num_in_total
+        return epsilon(self.config.dp_noise_multiplier, rate, rounds, self.config.dp_delta)
 
     def start_clock(self) -> None:
         self._start_time = self._last_round_end = time.perf_counter()

@@ -58,6 +58,12 @@ class FedPFTConfig:
     neuron_align_batch_size: int = 16
     neuron_align_lr: float = 6e-4
 
+    # --- differential privacy on client uploads (0 = off): clip each client's round update to
+    # this L2 norm and add Gaussian noise of std noise_multiplier * clip (see privacy.py)
+    dp_clip_norm: float = 0.0
+    dp_noise_multiplier: float = 0.0
+    dp_delta: float = 1e-5
+
     # --- columns of a generic data set (CSV/JSON/Parquet/HF); () / None = guess
     text_columns: Tuple[str, ...] = ()
     label_column: Optional[str] = None
@@ -89,6 +95,13 @@ class FedPFTConfig:
         for name in ("layer_align_lr", "neuron_align_lr", "align_max_grad_norm"):
             if not getattr(self, name) > 0:
                 raise _error(name, getattr(self, name), "a number > 0")
+        if self.dp_clip_norm < 0 or self.dp_noise_multiplier < 0:
+            name = "dp_clip_norm" if self.dp_clip_norm < 0 else "dp_noise_multiplier"
+            raise _error(name, getattr(self, name), "a number >= 0 (0 disables differential privacy)")
+        if self.dp_noise_multiplier > 0 and self.dp_clip_norm == 0:
+            raise _error("dp_noise_multiplier", self.dp_noise_multiplier,
+                         "0 unless fedpft_dp_clip_norm > 0 (noise is calibrated to the clipping norm)")
+        _check_range("dp_delta", self.dp_delta, 0.0, 1.0, "a number in (0, 1)", low_open=True, high_open=True)
         if self.layer_align_weight_decay < 0:
             raise _error("layer_align_weight_decay", self.layer_align_weight_decay, "a number >= 0")
         if len(set(self.retained_layers)) != len(self.retained_layers):

@@ -18,6 +18,7 @@ import torch
 
 from .compat import load_fedml
 from .lora import trainable_state
+from .privacy import clip_and_noise
 from .payload import COLLECT_STATS, CONTROL_PREFIX, METRICS_PREFIX, ROUND, load_payload_, split_prefixed
 from .settings import RunSettings
 from .stats import ActivationStatistics
@@ -49,6 +50,12 @@ class FedPFTTrainer(ClientTrainer):
     def get_model_params(self):
         self._event("get_model_params", stats=bool(self.stats))
         upload = trainable_state(self.model)
+        config = self.settings.fedpft
+        if config.dp_clip_norm > 0:
+            generator = torch.Generator().manual_seed(hash((self.settings.seed, self.round_idx, self.id)) % 2**63)
+            upload, norm = clip_and_noise(self.received, upload, config.dp_clip_norm,
+                                          config.dp_noise_multiplier, generator)
+            self.metrics["update_norm"] = norm
         for name, value in self.stats.items():
             upload[name] = value
         for name, value in self.metrics.items():
@@ -59,6 +66,7 @@ class FedPFTTrainer(ClientTrainer):
         tensors, controls = split_prefixed(model_parameters, CONTROL_PREFIX)
         load_payload_(self.model, tensors, require_all=not self.initialised)
         self.initialised = True
+        self.received = trainable_state(self.model)  # the round's starting point (for DP clipping)
         self.round_idx = int(controls["round"].item()) if "round" in controls else self.round_idx + 1
         self.collect_stats = bool(controls["collect_stats"].item()) if "collect_stats" in controls else False
         self._event("set_model_params", tensors={k: list(v.shape) for k, v in tensors.items()})
