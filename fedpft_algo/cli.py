@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
+from . import vision
 from .errors import ConfigError, FedPFTError
 
 logger = logging.getLogger(__name__)
@@ -135,6 +136,7 @@ COMMANDS: Dict[str, Tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "run": ("run a FedML job locally (simulation sp/MPI, cross-silo MPI/GRPC)", _add_run_args, _cmd_run),
     "compress": ("build and layer-align a sub-FM; report sizes, FLOPs and distillation loss",
                  _add_compress_args, _cmd_compress),
+    "pretrain-vit": (vision.HELP, vision.add_arguments, vision.run),
     "predict": ("classify texts with the FM + the LoRA/head of a finished run", _add_predict_args, _cmd_predict),
 }
 

@@ -146,12 +146,21 @@ def model_class_for(model_config):
 
 def load_full_model(name: str, num_labels: int, cache_dir: Optional[Path] = None):
     """The FM with a freshly initialised task head. Server side only."""
+    from .arch import get_arch, known_model_types
+
     path = resolve_model_dir(name, cache_dir)
     model_config = load_model_config(name, num_labels, cache_dir)
     try:
-        model = model_class_for(model_config).from_pretrained(path, config=model_config)
+        # a checkpoint may carry a classifier for other labels (ImageNet's 1000 classes, a
+        # pre-training task): that head is initialised fresh; any other mismatch is an error
+        model, info = model_class_for(model_config).from_pretrained(
+            path, config=model_config, ignore_mismatched_sizes=True, output_loading_info=True)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load model {name!r}: {str(exc).splitlines()[0]}") from None
+    head = get_arch(model_config.model_type).head if model_config.model_type in known_model_types() else ()
+    outside = [key for key, *_ in info.get("mismatched_keys", []) if not key.startswith(tuple(f"{h}." for h in head))]
+    if outside:
+        raise ModelError(f"cannot load model {name!r}: checkpoint tensor {outside[0]} does not fit its config.json")
     return model.eval()
 
 

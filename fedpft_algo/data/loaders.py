@@ -159,7 +159,8 @@ def is_image_encoder(encoder) -> bool:
 def image_spec(encoder) -> ImageSpec:
     """From a ViT-style config (``image_size``, ``num_channels``; ViT's mean = std = 0.5) or an image processor."""
     if hasattr(encoder, "image_mean"):  # an image processor
-        size = encoder.size if isinstance(encoder.size, dict) else {"height": encoder.size, "width": encoder.size}
+        # a dict, transformers 5's SizeDict (same .get, not a dict) or a bare int
+        size = {"height": encoder.size, "width": encoder.size} if isinstance(encoder.size, int) else encoder.size
         height = size.get("height", size.get("shortest_edge"))
         width = size.get("width", size.get("shortest_edge"))
         mean, std = tuple(encoder.image_mean), tuple(encoder.image_std)
