@@ -26,7 +26,9 @@ from .config import FedPFTConfig
 
 logger = logging.getLogger(__name__)
 
-_KEY_FIELDS = ("method", "ffn_keep_ratio", "retained_layers", "layer_align_steps", "layer_align_batch_size",
+# The method is not part of the key: FedPFT and FedPFT_B align the same sub-FM the same way (and
+# share the cache); FedOT's emulator is cached under its own directory and key suffix.
+_KEY_FIELDS = ("ffn_keep_ratio", "retained_layers", "layer_align_steps", "layer_align_batch_size",
                "layer_align_lr", "layer_align_warmup_ratio", "layer_align_weight_decay", "align_max_grad_norm",
                "public_dataset", "public_size", "max_length")
 
@@ -54,6 +56,11 @@ def prepare_sub_model(full_model: nn.Module, config: FedPFTConfig, public_batche
     Returns ``(sub_model, keep_index, report, from_cache)``; ``report`` is ``None`` when no
     alignment ran in this call (disabled, or loaded from the cache).
     """
+    if config.method == "fedot":  # Offsite-Tuning's layer-dropped emulator instead of the sub-FM
+        from .fedot import prepare_emulator
+
+        return prepare_emulator(full_model, config, public_batches, eval_batches, cache_dir=cache_dir,
+                                cache_extra=cache_extra, device=device)
     sub_model, keep_index = build_sub_model(full_model, config)
     if not config.layer_alignment:
         return sub_model, keep_index, None, False
