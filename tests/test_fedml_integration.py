@@ -75,7 +75,8 @@ def assert_fedpft_run(run_dir: Path, client_hooks_per_round: list) -> None:
         assert calls[:2 * n] == client_hooks_per_round * 2
         assert "train" not in calls[2 * n:]  # FedML's cross-silo finish may call update_dataset once more
         received = [e["tensors"] for e in events if e["hook"] == "set_model_params"]
-        assert len(received) == 2
+        # cross-silo also syncs the final aggregate to the clients when it finishes: a third payload
+        assert len(received) >= 2 and all(set(r) <= set(received[1]) for r in received[2:])
         # round 0: the whole sub-FM; round 1: LoRA/head plus the FFN tensors alignment changed
         assert any(k.endswith("layer.1." + FFN_IN) for k in received[1])
         assert all(("lora_" in k or "modules_to_save" in k or ".layer.1." in k) for k in received[1])
