@@ -3,7 +3,7 @@
 #   make test   set up .venv (if needed) and run the whole test suite
 PY := .venv/bin/python
 
-.PHONY: setup run test compress bench clean
+.PHONY: setup run test compress clean
 setup:
 	bash scripts/setup_env.sh
 
@@ -15,9 +15,6 @@ test: setup
 
 compress: setup
 	$(PY) -m fedpft_algo.cli compress --model minilm-l6 $(ARGS)
-
-bench: setup
-	$(PY) -m fedpft_algo.cli bench --cf fedml_config/bench.yaml $(ARGS)
 
 clean:
 	rm -rf runs fedml_config/.cache .pytest_cache
