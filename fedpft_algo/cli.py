@@ -56,6 +56,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         rounds = launcher.launch(plan, run_dir, timeout=args.timeout, round_timeout=args.round_timeout)
     except launcher.RunFailed as exc:
+        input_error = _input_error(run_dir)
+        if input_error:  # bad data or model found by a participant: an input error, not a failed run
+            if created:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise FedPFTError(input_error) from None
         print(f"fedpft: run failed: {exc}", file=sys.stderr)
         print(f"fedpft: logs are in {run_dir / 'logs'}", file=sys.stderr)
         return EXIT_RUN_FAILED
@@ -73,6 +78,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _number(value) -> str:
     return f"{value:.4f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+
+
+_INPUT_ERRORS = ("FedPFTError: ", "ConfigError: ", "DataError: ", "ModelError: ")
+
+
+def _input_error(run_dir: Path) -> Optional[str]:
+    """The one-line message of a participant that failed on user input (data, model, config)."""
+    from .launcher import read_statuses
+
+    for status in read_statuses(run_dir).values():
+        error = status.get("error") or ""
+        if status.get("phase") == "failed" and error.startswith(_INPUT_ERRORS):
+            return error.split(": ", 1)[1]
+    return None
 
 
 def _make_run_dir(out: Optional[str], config_file: Path) -> Tuple[Path, bool]:

@@ -162,3 +162,16 @@ def test_csv_with_unusual_columns_runs_end_to_end(minilm_2layer, tmp_path):
     assert len(metrics) == 1 and metrics[0]["test_total"] > 0
     partition = json.loads((tmp_path / "run" / "partition.json").read_text())
     assert len(partition) == 2 and set(partition[0]["label_counts"]) == {"thumbs down", "thumbs up"}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("dataset=/nonexistent/reviews.csv", "data file or directory not found: /nonexistent/reviews.csv"),
+    ("fedpft_label_column=Verdict", "text_columns/label_column apply to files only"),
+])
+def test_data_mistake_found_by_a_participant_is_a_one_line_input_error(tmp_path, override, message):
+    result = fedpft_run("simulation_sp.yaml", tmp_path / "run", [override], timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("fedpft: error: ")]
+    assert len(error_lines) == 1 and message in error_lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
