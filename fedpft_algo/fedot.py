@@ -31,9 +31,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import os
 import re
-import tempfile
 import time
 import types
 from collections import OrderedDict
@@ -276,7 +274,7 @@ def prepare_emulator(full_model: nn.Module, config: FedPFTConfig, public_batches
 
     Returns ``(emulator, {}, report, from_cache)`` in the shape of :func:`proxy.prepare_sub_model`.
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from .proxy import cache_key
 
@@ -300,14 +298,7 @@ def prepare_emulator(full_model: nn.Module, config: FedPFTConfig, public_batches
                              warmup_ratio=config.layer_align_warmup_ratio,
                              max_grad_norm=config.align_max_grad_norm, device=device)
     if path is not None:
-        state = emulator.state_dict()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({name: state[name].detach().cpu().contiguous() for name in report.changed}, tmp)
-            os.replace(tmp, path)  # atomic, as the sub-FM cache
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        from .proxy import save_tensors_atomic
+
+        save_tensors_atomic(emulator, report.changed, path)
     return emulator, {}, report, False

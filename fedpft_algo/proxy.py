@@ -15,7 +15,6 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
-import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -46,6 +45,21 @@ def cache_key(full_model: nn.Module, config: FedPFTConfig, extra: str = "") -> s
     settings = {name: getattr(config, name) for name in _KEY_FIELDS}
     blob = json.dumps([weights_fingerprint(full_model), settings, extra], sort_keys=True, default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def save_tensors_atomic(model: nn.Module, names, path: Path) -> None:
+    """Write ``model``'s tensors ``names`` to ``path`` (safetensors) via a temporary file and a rename,
+    so that a crash never leaves a half-written cache entry."""
+    state = model.state_dict()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({name: state[name].detach().cpu().contiguous() for name in names}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def prepare_sub_model(full_model: nn.Module, config: FedPFTConfig, public_batches: Sequence, eval_batches: Sequence,
@@ -82,14 +96,5 @@ def prepare_sub_model(full_model: nn.Module, config: FedPFTConfig, public_batche
                            warmup_ratio=config.layer_align_warmup_ratio,
                            max_grad_norm=config.align_max_grad_norm, device=device)
     if path is not None:
-        state = sub_model.state_dict()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({name: state[name].detach().cpu().contiguous() for name in report.changed}, tmp)
-            os.replace(tmp, path)  # atomic: a crash never leaves a half-written cache entry
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        save_tensors_atomic(sub_model, report.changed, path)
     return sub_model, keep_index, report, False

@@ -24,7 +24,7 @@ def compress_report(model: str = "minilm-l6", *, dataset: str = "rotten_tomatoes
     from .data.loaders import encode_inputs, make_collator, make_loader
     from .data.public import default_public_name, load_public
     from .data.tasks import load_task
-    from .models import load_full_model, load_model_config, load_tokenizer, model_class_for
+    from .models import load_full_model, load_model_config, load_tokenizer
 
     config = config or FedPFTConfig()
     start = time.perf_counter()

@@ -19,7 +19,7 @@ import torch
 from .compat import load_fedml
 from .lora import trainable_state
 from .privacy import clip_and_noise
-from .payload import COLLECT_STATS, CONTROL_PREFIX, METRICS_PREFIX, ROUND, load_payload_, split_prefixed
+from .payload import CONTROL_PREFIX, METRICS_PREFIX, load_payload_, split_prefixed
 from .settings import RunSettings
 from .stats import ActivationStatistics
 
