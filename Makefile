@@ -1,9 +1,10 @@
 # FedPFT for FedML: the two commands a newcomer needs, plus helpers.
 #   make run    set up .venv (if needed) and run the main job (MPI simulation, MiniLM-L6, Rotten Tomatoes)
 #   make test   set up .venv (if needed) and run the whole test suite
+#   make bench  set up .venv with the optional text corpora and run the benchmark suite (resumable)
 PY := .venv/bin/python
 
-.PHONY: setup run test compress clean
+.PHONY: setup run test bench compress clean
 setup:
 	bash scripts/setup_env.sh
 
@@ -12,6 +13,10 @@ run: setup
 
 test: setup
 	bash scripts/run_tests.sh $(ARGS)
+
+bench:
+	bash scripts/setup_env.sh data
+	$(PY) -m fedpft_algo.cli bench --cf fedml_config/bench.yaml $(ARGS)
 
 compress: setup
 	$(PY) -m fedpft_algo.cli compress --model minilm-l6 $(ARGS)

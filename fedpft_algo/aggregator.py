@@ -38,7 +38,7 @@ from .payload import METRICS_PREFIX, control, nbytes, split_prefixed
 from .privacy import epsilon
 from .proxy import prepare_sub_model
 from .runlog import RunLog
-from .settings import RunSettings
+from .settings import RunSettings, reseed_
 from .stats import STATS_PREFIX, activity_scores, select_updated_neurons
 
 ServerAggregator = load_fedml().core.ServerAggregator
@@ -161,6 +161,7 @@ class FedPFTAggregator(ServerAggregator):
     def _align_neurons(self):
         if not self._pending.get("stats"):
             raise RuntimeError(f"round {self.round_idx}: alignment round but no client uploaded activation counts")
+        reseed_(self.settings.round_seed(self.round_idx, "server"), self.public_batches)
         pooled = sum_tensors(self._pending["stats"])
         scores = activity_scores(pooled, self.config.align_statistic)
         updated = select_updated_neurons(scores, self.config.align_update_ratio, self.generator)

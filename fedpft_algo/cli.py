@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
-from . import vision
+from . import bench, vision
 from .errors import ConfigError, FedPFTError
 
 logger = logging.getLogger(__name__)
@@ -150,11 +150,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- the table of subcommands
-# name -> (help, add_arguments, command). Other subcommands (compress, bench, predict) go here.
+# name -> (help, add_arguments, command).
 COMMANDS: Dict[str, Tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "run": ("run a FedML job locally (simulation sp/MPI, cross-silo MPI/GRPC)", _add_run_args, _cmd_run),
     "compress": ("build and layer-align a sub-FM; report sizes, FLOPs and distillation loss",
                  _add_compress_args, _cmd_compress),
+    "bench": ("benchmark FedPFT against its ablations, FedPETuning, FedOT and FedML's FedAvg/FedProx",
+              bench.add_arguments, bench.run),
     "pretrain-vit": (vision.HELP, vision.add_arguments, vision.run),
     "predict": ("classify texts with the FM + the LoRA/head of a finished run", _add_predict_args, _cmd_predict),
 }

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .arch import ArchSpec, arch_of, ffn_size, find_layers, layer_linear, num_layers, set_layer_module
+from .arch import ArchSpec, arch_of, ffn_size, find_layers, get_arch, layer_linear, num_layers, set_layer_module
 from .config import FedPFTConfig
 
 logger = logging.getLogger(__name__)
@@ -142,9 +142,27 @@ def build_sub_model_skeleton(model_config, config: Optional[FedPFTConfig] = None
     if widths is None:
         assert config is not None, "need a FedPFTConfig when the model config carries no FFN widths"
         widths = sub_model_widths(model_config, config)
-    model = model_class.from_config(copy.deepcopy(model_config))
-    resize_ffn_(model, widths)
+    # Instantiate at the smallest width and give the wider (retained) layers fresh FFNs: the skeleton
+    # never holds a full-width FFN in a compressed layer, so a client's peak memory is the sub-FM's.
+    spec = get_arch(model_config.model_type)
+    small = copy.deepcopy(model_config)
+    setattr(small, spec.ffn_size_attr, min(widths))
+    model = model_class.from_config(small)
+    model.config.update({spec.ffn_size_attr: getattr(model_config, spec.ffn_size_attr)})
+    for layer, width in zip(find_layers(model), widths):
+        if layer_linear(layer, spec.ffn_in).out_features != width:
+            _fresh_ffn_(layer, spec, width)
+    model.config.update({WIDTHS_ATTR: list(widths)})
     return model
+
+
+def _fresh_ffn_(layer: nn.Module, spec: ArchSpec, width: int) -> None:
+    """Replace one layer's FFN projections by freshly initialised ones of width ``width``."""
+    for path, linear, axis in _ffn_linears(layer, spec):
+        d_in, d_out = (linear.in_features, width) if axis == 0 else (width, linear.out_features)
+        fresh = nn.Linear(d_in, d_out, bias=linear.bias is not None, device=linear.weight.device,
+                          dtype=linear.weight.dtype)
+        set_layer_module(layer, path, fresh)
 
 
 def ffn_widths(model: nn.Module) -> List[int]:

@@ -146,24 +146,35 @@ def _abort_mpi(args) -> None:
             pass
 
 
-def main() -> int:
+def process_main(run_fn, name: str, on_failure=None) -> int:
+    """Entry point of a FedML process started by ``fedpft run`` / ``fedpft bench``.
+
+    Parses FedML's command line, calls ``run_fn(args)``; on any error records ``failed`` in the run's
+    status file (``run_fn.runlog``), prints one line ``fedpft <name>: <error>`` and returns 2 for an
+    input error (:class:`FedPFTError`) or 1 otherwise (with the traceback for the logs).
+    """
     logging.basicConfig(level=os.environ.get("FEDPFT_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
     fedml = load_fedml()
     args = fedml.init(check_env=False)
     try:
-        run(args)
+        run_fn(args)
     except BaseException as exc:  # noqa: BLE001 - report, then exit non-zero
         message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip()
-        runlog = getattr(run, "runlog", None)
+        runlog = getattr(run_fn, "runlog", None)
         if runlog is not None:
             runlog.status("failed", error=message)
         if not isinstance(exc, FedPFTError):
             traceback.print_exc()
-        print(f"fedpft participant: {message}", file=sys.stderr, flush=True)
-        _abort_mpi(args)
+        print(f"fedpft {name}: {message}", file=sys.stderr, flush=True)
+        if on_failure is not None:
+            on_failure(args)
         return 2 if isinstance(exc, FedPFTError) else 1
     return 0
+
+
+def main() -> int:
+    return process_main(run, "participant", on_failure=_abort_mpi)
 
 
 if __name__ == "__main__":

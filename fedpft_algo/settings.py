@@ -6,6 +6,7 @@ plugin needs (FedML's own training keys plus the ``fedpft_*`` section as a
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,3 +73,23 @@ class RunSettings:
             run_dir=Path(run_dir) if run_dir else None,
             cache_dir=cache_dir,
         )
+
+    def round_seed(self, round_idx: int, who: Any = "server") -> int:
+        """A seed for one participant's randomness in one round (data order, dropout, sampling ties).
+
+        Derived from (random_seed, round, participant) alone, so a round computes the same thing
+        whichever process runs it and whatever ran before it: the property a resumed run needs.
+        """
+        digest = hashlib.sha256(f"{self.seed}:{round_idx}:{who}".encode()).digest()
+        return int.from_bytes(digest[:8], "little") % 2**63
+
+
+def reseed_(seed: int, loader: Any = None) -> None:
+    """Seed torch's global RNG and, if it shuffles with a generator of its own, ``loader``'s order."""
+    import torch
+
+    torch.manual_seed(seed)
+    generator = getattr(loader, "generator", None)
+    if generator is not None:
+        generator.manual_seed(seed)
+

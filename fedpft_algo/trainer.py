@@ -20,7 +20,7 @@ from .compat import load_fedml
 from .lora import trainable_state
 from .privacy import clip_and_noise
 from .payload import CONTROL_PREFIX, METRICS_PREFIX, load_payload_, split_prefixed
-from .settings import RunSettings
+from .settings import RunSettings, reseed_
 from .stats import ActivationStatistics
 
 ClientTrainer = load_fedml().core.ClientTrainer
@@ -52,7 +52,7 @@ class FedPFTTrainer(ClientTrainer):
         upload = trainable_state(self.model)
         config = self.settings.fedpft
         if config.dp_clip_norm > 0:
-            generator = torch.Generator().manual_seed(hash((self.settings.seed, self.round_idx, self.id)) % 2**63)
+            generator = torch.Generator().manual_seed(self.settings.round_seed(self.round_idx, f"dp{self.id}"))
             upload, norm = clip_and_noise(self.received, upload, config.dp_clip_norm,
                                           config.dp_noise_multiplier, generator)
             self.metrics["update_norm"] = norm
@@ -92,6 +92,7 @@ class FedPFTTrainer(ClientTrainer):
     def train(self, train_data, device, args):
         self._event("train")
         settings = self.settings
+        reseed_(settings.round_seed(self.round_idx, f"client{self.id}"), train_data)
         model = self.model.to(device)
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]

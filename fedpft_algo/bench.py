@@ -1,0 +1,264 @@
+"""``fedpft bench``: FedPFT against its ablations, the paper's baselines and FedML's own, side by side.
+
+    fedpft bench --cf fedml_config/bench.yaml [--out DIR] [--smoke] [--methods a,b] [--tasks x,y]
+                 [--partitions homo,hetero:1] [--threads N] [--report-only]
+
+The bench yaml is a FedML config (the base of every run) plus a ``bench:`` section::
+
+    bench:
+      methods: [fedpft, fedpft_n, fedpft_b, fedpft_d, fedpetuning, fedot, fedavg, fedprox]
+      tasks: [rotten_tomatoes, trec6, reuters_r8, election_tweets]  # uninstalled ones are skipped
+      partitions: [homo, "hetero:1.0"]     # IID, Dirichlet(alpha); "hetero" = data_args' alpha
+      seeds: [0]
+      cell_timeout: 1800                   # seconds per cell
+      probe_examples: 64                   # client-cost probe: one local epoch on this many examples
+      threads: null                        # OMP_NUM_THREADS of every cell and probe (null: torch's default)
+      baseline_args: {client_optimizer: adam, learning_rate: 5.0e-5, fedprox_mu: 0.01,
+                      fednova: {learning_rate: 0.05}}       # {method: {...}}: for that baseline only
+      vision: {model: null, task: fashion_mnist, methods: [...], set: {...}}   # a vision cell if model is set
+      smoke: {methods: [...], set: {comm_round: 2, ...}}                        # what --smoke changes
+
+Methods are the FedPFT family (:data:`fedpft_algo.config.METHODS`, run by
+``python -m fedpft_algo.participant``) and FedML's baselines (:data:`fedpft_algo.baselines.BASELINES`,
+run by ``python -m fedpft_algo.baselines`` in FedML's own sp simulator). Every cell (method x task
+x partition x seed) is one such subprocess in FedML's ``sp`` mode, started and watched by the
+launcher with a per-cell timeout. A finished cell is recorded in ``results.json`` with a hash of
+its config and is not run again (resume by re-running the same command); a changed config reruns
+it. Client cost is measured by :mod:`fedpft_algo.client_cost` probes in processes of their own,
+once per (model, client kind). The report (``results.csv``, ``results.md``, PNG plots) is in
+:mod:`fedpft_algo.bench_report`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict
+
+import yaml
+
+from .baselines import BASELINES
+from .bench_spec import _flat, _namespace
+# re-exported: the bench's public names live in bench_spec
+from .bench_spec import BenchSpec, Cell, cell_config, config_hash, load_spec, plan_cells
+from .config import FedPFTConfig
+from .errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+RESULTS_JSON, PROBES_JSON, FAILURES_JSON = "results.json", "probes.json", "failures.json"
+
+
+def run_cell(spec: BenchSpec, cell: Cell, out: Path) -> Dict[str, Any]:
+    """Run one cell as its own sp subprocess; returns its record (raises launcher.RunFailed)."""
+    from . import launcher
+
+    config = cell_config(spec, cell, out / "cache")
+    run_dir = out / "cells" / cell.id
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # a partial earlier attempt
+    run_dir.mkdir(parents=True)
+    flat = _flat(config)
+    if cell.method in BASELINES:  # FedML's optimiser names: outside the FedPFT launcher's FedAvg-only check
+        plan = launcher.RunPlan(config=config, config_file=spec.path, training_type="simulation", backend="sp",
+                                num_clients=int(flat["client_num_per_round"]), comm_round=int(flat["comm_round"]))
+        module = "fedpft_algo.baselines"
+    else:
+        path = out / "configs" / f"{cell.id}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        plan = launcher.plan_run(path)
+        module = launcher.PARTICIPANT_MODULE
+    if plan.backend != "sp" or plan.training_type != "simulation":
+        raise ConfigError("bench cells run in FedML's single-process simulation: set training_type simulation, "
+                          "backend sp in the bench yaml")
+    env_threads = {"OMP_NUM_THREADS": str(spec.threads)} if spec.threads else {}
+    with _env(env_threads), _quiet_launcher(cell.method in BASELINES):
+        start = time.monotonic()
+        rounds = launcher.launch(plan, run_dir, timeout=spec.cell_timeout, round_timeout=spec.cell_timeout,
+                                 participant_module=module, progress=False)
+        wall = time.monotonic() - start
+    from .bench_report import cell_record
+
+    record = cell_record(cell, rounds, wall)
+    record["config_hash"] = config_hash(config)
+    return record
+
+
+class _NoFinalFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "final/trainable.safetensors" not in record.getMessage()
+
+
+class _quiet_launcher:
+    """FedML's baselines have no LoRA + head to save: drop the launcher's warning about it."""
+
+    def __init__(self, active: bool):
+        self.active, self.filter = active, _NoFinalFilter()
+
+    def __enter__(self):
+        if self.active:
+            logging.getLogger("fedpft_algo.launcher").addFilter(self.filter)
+
+    def __exit__(self, *exc):
+        logging.getLogger("fedpft_algo.launcher").removeFilter(self.filter)
+
+
+class _env:
+    def __init__(self, values):
+        self.values, self.saved = values, {}
+
+    def __enter__(self):
+        for key, value in self.values.items():
+            self.saved[key] = os.environ.get(key)
+            os.environ[key] = value
+
+    def __exit__(self, *exc):
+        for key, value in self.saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+# ---------------------------------------------------------------------- client-cost probes
+def run_probe(spec: BenchSpec, model: str, kind: str, task: str, timeout: float) -> Dict[str, Any]:
+    flat = _flat(spec.base)
+    fedpft = FedPFTConfig.from_args(_namespace(flat))
+    command = [sys.executable, "-m", "fedpft_algo.client_cost", "--model", model, "--kind", kind, "--task", task,
+               "--examples", str(spec.probe_examples), "--batch-size", str(flat.get("batch_size", 16)),
+               "--max-length", str(fedpft.max_length), "--config-json", json.dumps(fedpft.to_dict()),
+               "--learning-rate", str(flat.get("learning_rate", 8e-4)),
+               "--full-learning-rate", str(spec.baseline_args.get("learning_rate", 5e-5)),
+               "--fedprox-mu", str(spec.baseline_args.get("fedprox_mu", 0.01))]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", **({"OMP_NUM_THREADS": str(spec.threads)} if spec.threads else {}))
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise RuntimeError(f"client-cost probe {model}/{kind} failed: {tail}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------- the bench
+def _read_json(path: Path, default):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return default
+
+
+def run_bench(spec: BenchSpec, out: Path, *, methods=None, tasks=None, partitions=None, progress: bool = True,
+              execute: bool = True) -> Dict[str, Any]:
+    """Run every unfinished cell and probe (none with ``execute=False``), then write the report.
+
+    Returns a summary dict: cells planned, run, finished, failures, notes, report paths.
+    """
+    from tqdm.auto import tqdm
+
+    from . import launcher
+    from .bench_report import write_report
+    from .client_cost import kind_of
+    from .runlog import write_json_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    cells, notes = plan_cells(spec, methods, tasks, partitions)
+    if not cells:
+        raise ConfigError("bench: no cell to run (" + ("; ".join(notes) or "empty matrix") + ")")
+    records = {r["cell"]: r for r in _read_json(out / RESULTS_JSON, []) if isinstance(r, dict) and "cell" in r}
+    probes = _read_json(out / PROBES_JSON, {})
+    failures = {}
+    todo = [c for c in cells if execute and
+            records.get(c.id, {}).get("config_hash") != config_hash(cell_config(spec, c, out / "cache"))]
+    probe_task = {}
+    for cell in cells:  # each model's probes use the first task it is benchmarked on
+        probe_task.setdefault(cell.model, cell.task)
+    wanted_probes = sorted({(c.model, kind_of(c.method)) for c in cells
+                            if execute and f"{c.model}|{kind_of(c.method)}" not in probes})
+    bar = tqdm(total=len(todo) + len(wanted_probes), unit="cell", desc="fedpft bench",
+               disable=None if progress else True)
+    interrupted = False
+    try:
+        for model, kind in wanted_probes:
+            bar.set_postfix_str(f"probe {kind}")
+            try:
+                probes[f"{model}|{kind}"] = run_probe(spec, model, kind, probe_task[model], spec.cell_timeout)
+                write_json_atomic(out / PROBES_JSON, probes)
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                failures[f"probe {model}|{kind}"] = str(exc)
+                logger.warning("%s", exc)
+            bar.update(1)
+        for cell in todo:
+            bar.set_postfix_str(cell.id)
+            try:
+                records[cell.id] = run_cell(spec, cell, out)
+                write_json_atomic(out / RESULTS_JSON, list(records.values()))
+            except launcher.RunFailed as exc:
+                if str(exc).startswith("interrupted"):  # Ctrl-C / SIGTERM reached the launcher: stop the bench
+                    raise KeyboardInterrupt from None
+                failures[cell.id] = f"RunFailed: {exc}"
+                logger.warning("cell %s failed: %s", cell.id, exc)
+            except Exception as exc:  # noqa: BLE001 - one failed cell must not stop the matrix
+                failures[cell.id] = f"{type(exc).__name__}: {exc}"
+                logger.warning("cell %s failed: %s", cell.id, exc)
+            bar.update(1)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        bar.close()
+    if execute:
+        write_json_atomic(out / FAILURES_JSON, failures)
+    wanted = {c.id for c in cells}
+    finished = [r for r in records.values() if r["cell"] in wanted]
+    paths = write_report(out, finished, probes, notes=notes + [f"failed: {k}: {v}" for k, v in failures.items()])
+    return {"cells": len(cells), "ran": len(todo), "finished": len(finished), "failures": failures,
+            "notes": notes, "paths": paths, "interrupted": interrupted}
+
+
+# ---------------------------------------------------------------------- command line
+def add_arguments(parser) -> None:
+    parser.add_argument("--cf", required=True, metavar="FILE", help="bench yaml (see fedml_config/bench.yaml)")
+    parser.add_argument("--out", metavar="DIR", help="output directory; re-running with the same one resumes "
+                        "(default: runs/bench-<config name>[-smoke])")
+    parser.add_argument("--smoke", action="store_true", help="the tiny version of the suite (bench.smoke)")
+    parser.add_argument("--methods", metavar="A,B", help="run only these methods of the suite")
+    parser.add_argument("--tasks", metavar="X,Y", help="run only these tasks of the suite")
+    parser.add_argument("--partitions", metavar="P,Q", help="run only these partitions of the suite (homo, hetero:1)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: rewrite the report from the cells finished in --out")
+    parser.add_argument("--threads", type=int, metavar="N", help="torch threads per cell and probe process "
+                        "(OMP_NUM_THREADS; overrides bench.threads; 1 is faster on a busy machine)")
+
+
+def run(args) -> int:
+    spec = load_spec(args.cf, smoke=args.smoke)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads {args.threads}: expected an integer >= 1")
+        spec.threads = args.threads
+    split = lambda text: [s.strip() for s in text.split(",") if s.strip()] if text else None  # noqa: E731
+    for option, chosen, allowed in (("--methods", split(args.methods), spec.methods),
+                                    ("--tasks", split(args.tasks), spec.tasks)):
+        unknown = sorted(set(chosen or ()) - set(allowed))
+        if unknown:
+            raise ConfigError(f"{option}: {unknown} not in the suite of {spec.path.name}: expected some of "
+                              f"{', '.join(allowed)}")
+    out = Path(args.out or f"runs/bench-{spec.path.stem}{'-smoke' if args.smoke else ''}").expanduser().resolve()
+    summary = run_bench(spec, out, methods=split(args.methods), tasks=split(args.tasks),
+                        partitions=split(args.partitions), execute=not args.report_only)
+    for note in summary["notes"]:
+        print(f"fedpft bench: {note}")
+    for cell, error in summary["failures"].items():
+        print(f"fedpft bench: failed {cell}: {error}", file=sys.stderr)
+    print(f"fedpft bench: {summary['finished']} of {summary['cells']} cell(s) finished; report in {out}")
+    table = summary["paths"].get("markdown")
+    if table:
+        print(Path(table).read_text(encoding="utf-8"))
+    if summary["interrupted"]:
+        print("fedpft bench: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0 if not summary["failures"] else 1

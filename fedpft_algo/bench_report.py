@@ -1,0 +1,309 @@
+"""The bench's records and report: ``results.json``, ``results.csv``, ``results.md`` and PNG plots.
+
+A record is one finished cell: what its server wrote per round (``metrics.jsonl``: accuracy,
+bytes, alignment times, gradient error) summarised, plus the client cost its method's probe
+measured in a process of its own (:mod:`fedpft_algo.client_cost`). The targets of the
+benchmark (issue 5) are computed from the records, never assumed.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import platform
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+from .client_cost import kind_of
+from .runlog import write_json_atomic
+
+FAMILY = ("fedpft", "fedpft_b", "fedpft_d", "fedpft_n", "fedot", "fedpetuning")
+CSV_COLUMNS = ("method", "task", "partition", "seed", "model", "rounds", "final_accuracy", "best_accuracy",
+               "tail_accuracy",
+               "sub_accuracy", "macro_f1", "upload_bytes_per_client_round", "download_bytes_per_client_round",
+               "initial_download_bytes", "client_epoch_seconds", "client_peak_mem_mb", "client_model_mem_mb",
+               "client_trainable_parameters", "flops_ratio", "client_epoch_seconds_in_run", "server_align_seconds",
+               "layer_align_seconds", "neuron_align_seconds", "grad_rel_error_init", "grad_rel_error_final",
+               "grad_cosine_final", "wall_seconds")
+
+
+def _mean(values: Iterable[Optional[float]]) -> Optional[float]:
+    values = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)]
+    return sum(values) / len(values) if values else None
+
+
+def cell_record(cell, rounds: Sequence[Dict[str, Any]], wall_seconds: float) -> Dict[str, Any]:
+    """Summarise one cell's per-round rows (the server's ``metrics.jsonl``)."""
+    rows = sorted(rounds, key=lambda r: r["round"])
+    if not rows:
+        raise ValueError(f"cell {cell.id}: no rounds")
+    first, last = rows[0], rows[-1]
+    accuracy = [r["accuracy"] for r in rows]
+    neuron = sum(r.get("align_seconds") or 0.0 for r in rows)
+    layer = first.get("layer_align_seconds") or 0.0
+    return {
+        "cell": cell.id, "method": cell.method, "task": cell.task, "partition": cell.partition, "seed": cell.seed,
+        "model": cell.model, "suite": cell.suite, "rounds": len(rows),
+        "final_accuracy": last["accuracy"], "best_accuracy": max(accuracy),
+        "sub_accuracy": last.get("sub_accuracy"), "macro_f1": last.get("macro_f1"),
+        "upload_bytes_per_client_round": _mean(r.get("upload_bytes") for r in rows),
+        "download_bytes_per_client_round": _mean(r.get("download_bytes") for r in rows),
+        "client_epoch_seconds_in_run": _mean(r.get("client_epoch_seconds") for r in rows),
+        "layer_align_seconds": layer, "neuron_align_seconds": neuron, "server_align_seconds": layer + neuron,
+        "prepare_seconds": first.get("prepare_seconds"),
+        "grad_rel_error_init": first.get("grad_rel_error_init"), "grad_cosine_init": first.get("grad_cosine_init"),
+        "grad_rel_error_final": last.get("grad_rel_error_after", last.get("grad_rel_error_before")),
+        "grad_cosine_final": last.get("grad_cosine_after", last.get("grad_cosine_before")),
+        "wall_seconds": wall_seconds,
+        "accuracy_per_round": accuracy,
+        "sub_accuracy_per_round": [r.get("sub_accuracy") for r in rows],
+        "grad_rel_error_per_round": [r.get("grad_rel_error_before") for r in rows],
+        "grad_rel_error_after_per_round": [r.get("grad_rel_error_after") for r in rows],
+    }
+
+
+TAIL_ROUNDS = 3
+
+
+def add_client_cost(record: Dict[str, Any], probes: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    """Merge the probe of the record's (model, client kind) into the record, and derive the tail accuracy.
+
+    ``tail_accuracy`` is the mean over the last :data:`TAIL_ROUNDS` rounds: with few clients per round
+    and label-skewed clients the last round alone depends much on which clients it sampled.
+    """
+    tail = record.get("accuracy_per_round") or []
+    record["tail_accuracy"] = _mean(tail[-TAIL_ROUNDS:])
+    probe = probes.get(f"{record['model']}|{kind_of(record['method'])}") or {}
+    full = probes.get(f"{record['model']}|full_lora") or probes.get(f"{record['model']}|full_model") or {}
+    flops, full_flops = probe.get("flops_per_token"), full.get("flops_per_token")
+    record.update({
+        "client_kind": kind_of(record["method"]),
+        "client_epoch_seconds": probe.get("epoch_seconds"), "client_peak_mem_mb": probe.get("peak_rss_mb"),
+        "client_model_mem_mb": (probe["peak_rss_mb"] - probe["base_rss_mb"]) if probe else None,
+        "client_trainable_parameters": probe.get("trainable_parameters"),
+        "initial_download_bytes": probe.get("client_model_bytes"),
+        "flops_per_token": flops, "flops_ratio": flops / full_flops if flops and full_flops else None,
+    })
+    return record
+
+
+# ---------------------------------------------------------------------- aggregation helpers
+def _by(records, *keys) -> Dict[tuple, List[Dict[str, Any]]]:
+    groups = defaultdict(list)
+    for r in records:
+        groups[tuple(r[k] for k in keys)].append(r)
+    return groups
+
+
+def _ordered_methods(records) -> List[str]:
+    from .bench_spec import ALL_METHODS
+
+    present = {r["method"] for r in records}
+    return [m for m in ALL_METHODS if m in present]
+
+
+def _fmt(value, kind: str = "float") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if kind == "pct":
+        return f"{100 * value:.1f}"
+    if kind == "points":
+        return f"{value:+.1f}"
+    if kind == "bytes":
+        from .results import format_bytes
+
+        return format_bytes(value)
+    if kind == "int":
+        return f"{int(value):,}"
+    if kind == "s":
+        return f"{value:.1f}"
+    return f"{value:.3f}"
+
+
+def paired_gap(records, better: str, worse: str, tasks: Optional[Iterable[str]] = None,
+               key: str = "final_accuracy") -> Optional[float]:
+    """Mean of key(better) - key(worse) over cells both finished (same task, partition and seed)."""
+    index = {(r["method"], r["task"], r["partition"], r["seed"]): r.get(key) for r in records
+             if r.get(key) is not None}
+    gaps = [index[(better, t, p, s)] - acc for (m, t, p, s), acc in index.items()
+            if m == worse and (better, t, p, s) in index and (tasks is None or t in tasks)]
+    return _mean(gaps)
+
+
+def targets(records, probes) -> List[Dict[str, Any]]:
+    """Issue 5's targets, computed from this bench's records and probes."""
+    text = {r["task"] for r in records if r.get("suite", "text") == "text"}
+    rows = []
+
+    def add(name, value, goal, met, unit=""):
+        rows.append({"target": name, "measured": value, "goal": goal, "met": met, "unit": unit})
+
+    for key, what in (("final_accuracy", "final round"), ("tail_accuracy", f"mean of last {TAIL_ROUNDS} rounds")):
+        gap = paired_gap(records, "fedpft", "fedot", text, key)
+        add(f"FedPFT - FedOT accuracy ({what}), mean over text tasks (points)",
+            None if gap is None else 100 * gap, ">= +2.5", None if gap is None else 100 * gap >= 2.5, "points")
+        gap = paired_gap(records, "fedpetuning", "fedpft", text, key)
+        add(f"FedPETuning - FedPFT accuracy ({what}), mean over text tasks (points)",
+            None if gap is None else 100 * gap, "<= 1.0", None if gap is None else 100 * gap <= 1.0, "points")
+    for model in sorted({r["model"] for r in records}):
+        sub, full = probes.get(f"{model}|sub_model"), probes.get(f"{model}|full_lora")
+        if sub and full:
+            flops = sub["flops_per_token"] / full["flops_per_token"]
+            ratio = sub["epoch_seconds"] / full["epoch_seconds"]
+            add(f"client epoch time sub-FM / FM ({model}; FLOP ratio {flops:.3f})", ratio,
+                f"<= {1.1 * flops:.3f} (1.1 x FLOP ratio)", ratio <= 1.1 * flops)
+            mem = sub["peak_rss_mb"] / full["peak_rss_mb"]
+            add(f"client peak memory sub-FM / FM ({model}, whole process)", mem, "<= 0.7", mem <= 0.7)
+            delta_full = full["peak_rss_mb"] - full["base_rss_mb"]
+            if delta_full > 0:
+                delta = (sub["peak_rss_mb"] - sub["base_rss_mb"]) / delta_full
+                add(f"client model memory sub-FM / FM ({model}, peak minus RSS before the model)", delta, "<= 0.7",
+                    delta <= 0.7)
+    fedpft_up = _mean(r["upload_bytes_per_client_round"] for r in records if r["method"] == "fedpft")
+    fedavg_up = _mean(r["upload_bytes_per_client_round"] for r in records if r["method"] == "fedavg")
+    if fedpft_up and fedavg_up:
+        add("upload per client per round, FedPFT / full-model FedAvg", fedpft_up / fedavg_up, "<= 1 %",
+            fedpft_up / fedavg_up <= 0.01, "ratio")
+    share = _mean(r["neuron_align_seconds"] / r["wall_seconds"] for r in records
+                  if r["method"] == "fedpft" and r["wall_seconds"])
+    if share is not None:
+        add("neuron-level alignment share of a FedPFT run's wall time", share, "<= 15 %", share <= 0.15, "ratio")
+    means = {m: _mean(r["final_accuracy"] for r in records if r["method"] == m)
+             for m in ("fedpft", "fedpft_b", "fedpft_d", "fedpft_n")}
+    if all(v is not None for v in means.values()):
+        order = " ".join(f"{m} {100 * v:.1f}" for m, v in sorted(means.items(), key=lambda kv: -kv[1]))
+        ok = means["fedpft"] >= max(means["fedpft_b"], means["fedpft_d"]) and \
+            min(means["fedpft_b"], means["fedpft_d"]) >= means["fedpft_n"]
+        add("ablation order full >= _B, _D >= _N (mean accuracy %)", order, "full >= _B, _D >= _N", ok, "text")
+    return rows
+
+
+# ---------------------------------------------------------------------- writing
+def write_report(out: Path, records: List[Dict[str, Any]], probes: Dict[str, Dict[str, Any]],
+                 notes: Sequence[str] = ()) -> Dict[str, str]:
+    out = Path(out)
+    records = [add_client_cost(dict(r), probes) for r in records]
+    write_json_atomic(out / "results.json", records)
+    with open(out / "results.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(CSV_COLUMNS), extrasaction="ignore")
+        writer.writeheader()
+        for r in records:
+            writer.writerow(r)
+    paths = {"json": str(out / "results.json"), "csv": str(out / "results.csv")}
+    if records:
+        (out / "results.md").write_text(markdown(records, probes, notes), encoding="utf-8")
+        paths["markdown"] = str(out / "results.md")
+        paths.update(plots(out, records))
+    return paths
+
+
+def markdown(records, probes, notes=()) -> str:
+    methods = _ordered_methods(records)
+    lines = ["# FedPFT bench", "",
+             f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()} {os.cpu_count()} CPU core(s), "
+             f"{platform.python_version()}. Accuracy in %, mean over seeds; client cost measured by separate probe "
+             f"processes (one local epoch); bytes per client per round from the serialised payloads.", ""]
+    header = (f"| method | final acc | best acc | last-{TAIL_ROUNDS} acc | sub-FM acc | macro-F1 | upload/client/round "
+              "| download/client/round | client epoch s | client peak MB | FLOPs ratio | server align s "
+              "| grad rel. error | wall s |")
+    for (task, partition), group in sorted(_by(records, "task", "partition").items()):
+        lines += [f"## {task}, {partition}", "", header, "|" + "---|" * 14]
+        for method in methods:
+            rs = [r for r in group if r["method"] == method]
+            if not rs:
+                continue
+            m = lambda key: _mean(r.get(key) for r in rs)  # noqa: E731
+            lines.append(f"| {method} | {_fmt(m('final_accuracy'), 'pct')} | {_fmt(m('best_accuracy'), 'pct')} "
+                         f"| {_fmt(m('tail_accuracy'), 'pct')} "
+                         f"| {_fmt(m('sub_accuracy'), 'pct')} | {_fmt(m('macro_f1'), 'pct')} "
+                         f"| {_fmt(m('upload_bytes_per_client_round'), 'bytes')} "
+                         f"| {_fmt(m('download_bytes_per_client_round'), 'bytes')} "
+                         f"| {_fmt(m('client_epoch_seconds'), 's')} "
+                         f"| {_fmt(m('client_peak_mem_mb'), 's')} | {_fmt(m('flops_ratio'))} "
+                         f"| {_fmt(m('server_align_seconds'), 's')} | {_fmt(m('grad_rel_error_final'))} "
+                         f"| {_fmt(m('wall_seconds'), 's')} |")
+        lines.append("")
+    partitions = sorted({r["partition"] for r in records})
+    columns = [(p, key) for p in partitions for key in ("final_accuracy", "tail_accuracy")]
+    lines += ["## Mean accuracy over tasks", "",
+              "| method | " + " | ".join(f"{p} {'final' if k == 'final_accuracy' else f'last-{TAIL_ROUNDS}'}"
+                                         for p, k in columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    for method in methods:
+        cells = [_fmt(_mean(r.get(k) for r in records if r["method"] == method and r["partition"] == p), "pct")
+                 for p, k in columns]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += ["", "## Client cost (probe processes)", "",
+              "| model | client kind | epoch s | steps | peak RSS MB | model MB (peak - base) | trainable params "
+              "| FLOPs/token | first download |", "|---|---|---|---|---|---|---|---|---|"]
+    for key, p in sorted(probes.items()):
+        lines.append(f"| {p['model']} | {p['kind']} | {_fmt(p['epoch_seconds'], 's')} | {p['steps']} "
+                     f"| {_fmt(p['peak_rss_mb'], 's')} | {_fmt(p['peak_rss_mb'] - p['base_rss_mb'], 's')} "
+                     f"| {_fmt(p['trainable_parameters'], 'int')} | {_fmt(p['flops_per_token'], 'int')} "
+                     f"| {_fmt(p['client_model_bytes'], 'bytes')} |")
+    lines += ["", "## Targets", "", "| target | measured | goal | met |", "|---|---|---|---|"]
+    for t in targets(records, probes):
+        kind = {"ratio": "pct", "points": "points"}.get(t["unit"], "float")
+        value = t["measured"] if t["unit"] == "text" else _fmt(t["measured"], kind)
+        if t["unit"] == "ratio" and value != "-":
+            value += " %"
+        met = "-" if t["met"] is None else ("yes" if t["met"] else "no")
+        lines.append(f"| {t['target']} | {value} | {t['goal']} | {met} |")
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def plots(out: Path, records) -> Dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = _ordered_methods(records)
+    groups = sorted(_by(records, "task", "partition").items())
+    paths = {}
+    for name, key, ylabel in (("accuracy_per_round.png", "accuracy_per_round", "plugged-in FM accuracy"),
+                              ("gradient_error.png", "grad_rel_error_per_round", "||g_proxy - g_FM|| / ||g_FM||")):
+        cols = min(4, len(groups))
+        rows = math.ceil(len(groups) / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+        drawn = False
+        for ax, ((task, partition), group) in zip(axes.flat, groups):
+            for method in methods:
+                series = [r[key] for r in group if r["method"] == method and r.get(key)]
+                if not series or all(v is None for v in series[0]):
+                    continue
+                length = min(len(s) for s in series)
+                mean = [_mean(s[i] for s in series) for i in range(length)]
+                ax.plot(range(1, length + 1), [float("nan") if v is None else v for v in mean], marker=".",
+                        label=method)
+                drawn = True
+            ax.set_title(f"{task}, {partition}", fontsize=9)
+            ax.set_xlabel("round")
+            ax.set_ylabel(ylabel, fontsize=8)
+        for ax in axes.flat[len(groups):]:
+            ax.axis("off")
+        if drawn:
+            axes.flat[0].legend(fontsize=7)
+            fig.tight_layout()
+            fig.savefig(out / name, dpi=110)
+            paths[name] = str(out / name)
+        plt.close(fig)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    panels = (("client_epoch_seconds", "client local epoch (s)", False),
+              ("client_peak_mem_mb", "client peak RSS (MB)", False),
+              ("upload_bytes_per_client_round", "upload per client per round (B)", True))
+    for ax, (key, label, log) in zip(axes, panels):
+        values = [_mean(r.get(key) for r in records if r["method"] == m) for m in methods]
+        ax.bar(methods, [0 if v is None else v for v in values], color="tab:blue")
+        ax.set_title(label, fontsize=9)
+        ax.tick_params(axis="x", rotation=45, labelsize=8)
+        if log:
+            ax.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(out / "client_cost.png", dpi=110)
+    plt.close(fig)
+    paths["client_cost.png"] = str(out / "client_cost.png")
+    return paths

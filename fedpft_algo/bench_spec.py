@@ -1,0 +1,229 @@
+"""The bench yaml (``bench:`` section + the FedML config every cell starts from) and the cell matrix.
+
+:func:`load_spec` reads and validates the yaml (see :mod:`fedpft_algo.bench` for its keys),
+:func:`plan_cells` expands methods x tasks x partitions x seeds (plus the optional vision cells) and
+:func:`cell_config` writes one cell's FedML config: the FedPFT family selects its method with
+``fedpft_method``; FedML's baselines with FedML's own ``federated_optimizer``.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from .baselines import BASELINES
+from .config import METHODS, FedPFTConfig
+from .errors import ConfigError, FedPFTError
+
+ALL_METHODS = METHODS + tuple(BASELINES)
+_BENCH_KEYS = {"methods", "tasks", "partitions", "seeds", "cell_timeout", "probe_examples", "baseline_args",
+               "vision", "smoke", "threads"}
+_SMOKE_DEFAULT = {"methods": 3, "tasks": 1, "partitions": 1, "seeds": 1, "probe_examples": 32,
+                  "set": {"comm_round": 2, "client_num_in_total": 4, "client_num_per_round": 2,
+                          "max_train_examples": 200, "max_test_examples": 100, "fedpft_layer_align_steps": 5,
+                          "fedpft_neuron_align_steps": 2, "fedpft_align_interval": 1, "fedpft_public_size": 200}}
+
+
+@dataclass(frozen=True)
+class Cell:
+    method: str
+    task: str
+    partition: str          # "homo" or "hetero:<alpha>"
+    seed: int
+    model: str
+    overrides: Tuple[Tuple[str, Any], ...] = ()
+    suite: str = "text"     # "text" (the main matrix) or "vision" (the optional vision cells)
+
+    @property
+    def id(self) -> str:
+        model = Path(self.model).name if os.sep in self.model else self.model
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{model}-{self.task}-{self.partition}-s{self.seed}-{self.method}")
+
+
+@dataclass
+class BenchSpec:
+    path: Path
+    base: Dict[str, Dict[str, Any]]          # the FedML sections
+    methods: List[str]
+    tasks: List[str]
+    partitions: List[str]
+    seeds: List[int]
+    cell_timeout: float = 1800.0
+    probe_examples: int = 64
+    baseline_args: Dict[str, Any] = field(default_factory=dict)
+    vision: Dict[str, Any] = field(default_factory=dict)
+    threads: Optional[int] = None
+
+    @property
+    def model(self) -> str:
+        return str(_flat(self.base).get("model", "minilm-l6"))
+
+
+# ---------------------------------------------------------------------- the bench yaml
+def load_spec(path: os.PathLike, *, smoke: bool = False) -> BenchSpec:
+    from .launcher import load_config, resolve_paths
+
+    path = Path(path).expanduser().resolve()
+    config = load_config(path)
+    bench = config.pop("bench", None)
+    if not isinstance(bench, dict):
+        raise ConfigError(f"config file {path}: needs a 'bench:' section (methods, tasks, partitions, seeds)")
+    unknown = sorted(set(bench) - _BENCH_KEYS)
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown bench key(s) {unknown}: expected {sorted(_BENCH_KEYS)}")
+    resolve_paths(config, path.parent)
+    if smoke:
+        bench = _apply_smoke(bench, config)
+    spec = BenchSpec(path=path, base=config, methods=_names(bench, "methods", ALL_METHODS),
+                     tasks=[str(t) for t in _list(bench, "tasks")],
+                     partitions=[_partition(p, config) for p in _list(bench, "partitions")],
+                     seeds=[_int(s, "seeds") for s in _list(bench, "seeds")],
+                     cell_timeout=float(bench.get("cell_timeout", 1800)),
+                     probe_examples=_int(bench.get("probe_examples", 64), "probe_examples"),
+                     baseline_args=dict(bench.get("baseline_args") or {}), vision=dict(bench.get("vision") or {}),
+                     threads=bench.get("threads"))
+    if spec.threads is not None and (isinstance(spec.threads, bool) or not isinstance(spec.threads, int)
+                                     or spec.threads < 1):
+        raise ConfigError(f"bench.threads={spec.threads!r} is not allowed: expected an integer >= 1 or null")
+    if not spec.cell_timeout > 0:
+        raise ConfigError(f"bench.cell_timeout={spec.cell_timeout!r} is not allowed: expected seconds > 0")
+    FedPFTConfig.from_args(_namespace(_flat(config)))  # the base fedpft_args must be valid
+    return spec
+
+
+def _apply_smoke(bench: Dict[str, Any], config: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    smoke = bench.get("smoke") or _SMOKE_DEFAULT
+    bench = dict(bench)
+    for key, value in smoke.items():
+        if key == "set":
+            for name, setting in value.items():
+                set_key(config, name, setting)
+        elif isinstance(value, int) and key in ("methods", "tasks", "partitions", "seeds"):
+            bench[key] = list(bench.get(key) or [])[:value]  # the first N
+        else:
+            bench[key] = value
+    return bench
+
+
+def set_key(config: Dict[str, Dict[str, Any]], key: str, value: Any) -> None:
+    """Set a FedML key by its flattened name in every section that has it (fedpft_* default to fedpft_args)."""
+    sections = [s for s, keys in config.items() if key in keys]
+    if not sections:
+        if not key.startswith("fedpft_"):
+            raise ConfigError(f"bench: no section of the config has the key {key!r}")
+        sections = ["fedpft_args"]
+    for section in sections:
+        config.setdefault(section, {})[key] = value
+
+
+def _list(bench, key) -> list:
+    value = bench.get(key)
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"bench.{key}={value!r} is not allowed: expected a non-empty list")
+    return value
+
+
+def _names(bench, key, allowed) -> List[str]:
+    names = [str(v) for v in _list(bench, key)]
+    bad = [n for n in names if n not in allowed]
+    if bad:
+        raise ConfigError(f"bench.{key}: {bad} not allowed: expected names from {', '.join(allowed)}")
+    return names
+
+
+def _int(value, key) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"bench.{key}: {value!r} is not allowed: expected an integer")
+    return value
+
+
+def _partition(value, config) -> str:
+    text = str(value)
+    if text in ("homo", "iid"):
+        return "homo"
+    method, _, alpha = text.partition(":")
+    if method not in ("hetero", "dirichlet"):
+        raise ConfigError(f"bench.partitions: {text!r} is not allowed: expected homo, hetero or hetero:ALPHA")
+    try:
+        alpha = float(alpha) if alpha else float(_flat(config).get("partition_alpha", 1.0))
+    except ValueError:
+        raise ConfigError(f"bench.partitions: {text!r}: the Dirichlet alpha must be a number") from None
+    return f"hetero:{alpha:g}"
+
+
+def _flat(config) -> Dict[str, Any]:
+    flat: Dict[str, Any] = {}
+    for keys in config.values():
+        flat.update(keys)
+    return flat
+
+
+def _namespace(flat):
+    import types
+
+    return types.SimpleNamespace(**flat)
+
+
+# ---------------------------------------------------------------------- cells
+def plan_cells(spec: BenchSpec, methods: Optional[Sequence[str]] = None, tasks: Optional[Sequence[str]] = None,
+               partitions: Optional[Sequence[str]] = None) -> Tuple[List[Cell], List[str]]:
+    """The matrix, filtered; and notes on what was skipped (tasks not installed)."""
+    from .data.tasks import load_task
+
+    notes, available = [], []
+    for task in spec.tasks:
+        if tasks and task not in tasks:
+            continue
+        try:
+            load_task(task, max_train=8, max_test=8)
+        except FedPFTError as exc:
+            notes.append(f"task {task} skipped: {exc}")
+            continue
+        available.append(task)
+    wanted = {_partition(p, spec.base) for p in partitions} if partitions else None
+    chosen = [p for p in spec.partitions if wanted is None or p in wanted]
+    cells = [Cell(m, t, p, s, spec.model) for t in available for p in chosen for s in spec.seeds
+             for m in spec.methods if not methods or m in methods]
+    vision = spec.vision
+    if vision.get("model"):
+        overrides = tuple(sorted((vision.get("set") or {}).items()))
+        for m in vision.get("methods") or spec.methods:
+            if not methods or m in methods:
+                cells += [Cell(m, str(vision.get("task", "fashion_mnist")), p, s, str(vision["model"]), overrides,
+                               "vision")
+                          for p in chosen for s in spec.seeds]
+    return cells, notes
+
+
+def cell_config(spec: BenchSpec, cell: Cell, cache_dir: Path) -> Dict[str, Dict[str, Any]]:
+    config = copy.deepcopy(spec.base)
+    method, _, alpha = cell.partition.partition(":")
+    set_key(config, "dataset", cell.task)
+    set_key(config, "model", cell.model)
+    set_key(config, "random_seed", cell.seed)
+    set_key(config, "partition_method", method)
+    if alpha:
+        set_key(config, "partition_alpha", float(alpha))
+    for key, value in cell.overrides:
+        set_key(config, key, value)
+    if not _flat(config).get("data_cache_dir") and not _flat(config).get("fedpft_cache_dir"):
+        config.setdefault("data_args", {})["data_cache_dir"] = str(cache_dir)
+    if cell.method in BASELINES:
+        config.setdefault("train_args", {})["federated_optimizer"] = BASELINES[cell.method]
+        for key, value in spec.baseline_args.items():  # {method: {...}} entries apply to that baseline only
+            if key not in BASELINES:
+                config["train_args"][key] = value
+        for key, value in (spec.baseline_args.get(cell.method) or {}).items():
+            config["train_args"][key] = value
+    else:
+        config.setdefault("fedpft_args", {})["fedpft_method"] = cell.method
+    return config
+
+
+def config_hash(config) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]

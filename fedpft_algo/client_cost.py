@@ -1,0 +1,158 @@
+"""Client cost probe: one client's local epoch, timed and memory-measured in a process of its own.
+
+In FedML's ``sp`` mode the server and every client share one process, so neither wall time nor
+peak memory there is a client's. The bench therefore starts this module once per (model, kind)
+in a fresh process, which builds exactly what that method's client holds, from configuration
+alone (random weights: the compute and memory are those of the trained weights):
+
+==============  =====================================================  ==========================
+kind            client model                                           trains (optimiser)
+==============  =====================================================  ==========================
+``sub_model``   FedPFT sub-FM skeleton + LoRA (FedPFT and ablations)   LoRA + head (AdamW)
+``emulator``    FedOT emulator skeleton + adapter LoRA                 adapter LoRA + head (AdamW)
+``full_lora``   the full FM + LoRA (FedPETuning)                       LoRA + head (AdamW)
+``full_model``  the full FM (FedML FedAvg / FedOpt / FedNova)          every parameter (FedML's Adam)
+``full_prox``   the full FM with FedProx's proximal term               every parameter (FedML's Adam)
+==============  =====================================================  ==========================
+
+It trains one local epoch on ``examples`` real task examples (after one untimed warm-up step),
+``repeats`` times, and prints one JSON line: the fastest epoch's seconds (the least disturbed by
+other processes on a shared machine; every repeat is listed too), peak RSS (``ru_maxrss``) and the RSS before the model
+was built, parameter counts, the client model's bytes (its first download) and the per-token
+FLOPs of its transformer layers (:func:`fedpft_algo.compression.flops_per_token`). ``fedml`` is
+not imported (a FedML client process carries ~460 MB more, the same for every method).
+
+    python -m fedpft_algo.client_cost --model minilm-l6 --kind sub_model --task rotten_tomatoes
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Dict
+
+KINDS = ("sub_model", "emulator", "full_lora", "full_model", "full_prox")
+_METHOD_KINDS = {"fedot": "emulator", "fedpetuning": "full_lora", "fedprox": "full_prox",
+                 "fedavg": "full_model", "fedopt": "full_model", "fednova": "full_model"}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (MiB); as the trainer's, without importing fedml."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def kind_of(method: str) -> str:
+    """Which client model a bench method's clients hold."""
+    return _METHOD_KINDS.get(method, "sub_model")
+
+
+def _client_model(kind: str, model_config, config):
+    """(model to train, model whose layers count the FLOPs)."""
+    from .compression import build_sub_model_skeleton
+    from .fedot import add_emulator_lora, build_emulator_skeleton
+    from .lora import add_lora
+    from .models import model_class_for
+
+    model_class = model_class_for(model_config)
+    if kind == "sub_model":
+        skeleton = build_sub_model_skeleton(model_config, config, model_class=model_class)
+        return add_lora(skeleton, config), skeleton
+    if kind == "emulator":
+        skeleton = build_emulator_skeleton(model_config, config, model_class=model_class)
+        return add_emulator_lora(skeleton, config), skeleton
+    skeleton = model_class.from_config(model_config)
+    if kind == "full_lora":
+        return add_lora(skeleton, config), skeleton
+    return skeleton, skeleton
+
+
+def probe(model: str, kind: str, task: str, *, examples: int = 64, batch_size: int = 16, max_length: int = 64,
+          config_values: Dict = None, learning_rate: float = 8e-4, full_learning_rate: float = 5e-5,
+          fedprox_mu: float = 0.01, seed: int = 0, repeats: int = 3) -> Dict:
+    import torch
+
+    from .compression import count_parameters, flops_per_token
+    from .config import FedPFTConfig
+    from .data.loaders import encode_inputs, make_collator, make_loader
+    from .data.tasks import load_task
+    from .models import load_model_config, load_tokenizer
+
+    if kind not in KINDS:
+        raise ValueError(f"kind {kind!r}: expected one of {', '.join(KINDS)}")
+    config = FedPFTConfig.from_dict(config_values or {})
+    data = load_task(task, max_train=examples, max_test=1, seed=seed)
+    model_config = load_model_config(model, data.num_labels, verify=False)  # a client reads no FM weights
+    encoder = model_config if data.modality == "image" else load_tokenizer(model)
+    features = encode_inputs(encoder, data.train_inputs, max_length)
+    loader = make_loader(features, data.train_labels, collator=make_collator(encoder), batch_size=batch_size,
+                         shuffle=True, seed=seed)
+    base_rss = peak_rss_mb()
+    torch.manual_seed(seed)
+    client, skeleton = _client_model(kind, model_config, config)
+    client.train()
+    params = [p for p in client.parameters() if p.requires_grad]
+    full = kind in ("full_model", "full_prox")
+    if full:  # FedML's classification trainer: Adam(amsgrad) on every parameter
+        optimizer = torch.optim.Adam(params, lr=full_learning_rate, amsgrad=True)
+    else:  # FedPFTTrainer: AdamW on LoRA + head
+        optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+    anchor = [p.detach().clone() for p in params] if kind == "full_prox" else None
+
+    def step(batch):
+        loss = client(**batch).loss
+        if anchor is not None:  # FedProx: mu/2 ||w - w_global||^2 over every parameter
+            loss = loss + sum((fedprox_mu / 2) * (p - a).pow(2).sum() for p, a in zip(params, anchor))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step(next(iter(loader)))  # warm-up (allocations, lazy init); not timed
+    times = []
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        steps = 0
+        for batch in loader:
+            step(batch)
+            steps += 1
+        times.append(time.perf_counter() - start)
+    seconds = min(times)
+    return {
+        "model": model, "kind": kind, "task": task, "examples": len(data.train_labels), "steps": steps,
+        "batch_size": batch_size, "max_length": max_length, "epoch_seconds": seconds, "epoch_seconds_all": times,
+        "peak_rss_mb": peak_rss_mb(), "base_rss_mb": base_rss,
+        "total_parameters": count_parameters(client), "trainable_parameters": sum(p.numel() for p in params),
+        "client_model_bytes": sum(t.numel() * t.element_size() for t in client.state_dict().values()),
+        "flops_per_token": flops_per_token(skeleton, max_length),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fedpft_algo.client_cost", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--kind", required=True, choices=KINDS)
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--examples", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--config-json", default="{}", help="FedPFTConfig fields (unprefixed) as JSON")
+    parser.add_argument("--learning-rate", type=float, default=8e-4)
+    parser.add_argument("--full-learning-rate", type=float, default=5e-5)
+    parser.add_argument("--fedprox-mu", type=float, default=0.01)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3, help="epochs timed; the fastest is reported")
+    args = parser.parse_args(argv)
+    result = probe(args.model, args.kind, args.task, examples=args.examples, batch_size=args.batch_size,
+                   max_length=args.max_length, config_values=json.loads(args.config_json),
+                   learning_rate=args.learning_rate, full_learning_rate=args.full_learning_rate,
+                   fedprox_mu=args.fedprox_mu, seed=args.seed, repeats=args.repeats)
+    print(json.dumps(result), flush=True)  # the CLI output of this entry point: one JSON line
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

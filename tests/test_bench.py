@@ -1,0 +1,154 @@
+"""``fedpft bench``: the yaml, the matrix, per-cell configs, and a tiny end-to-end bench with resume."""
+import json
+
+import pytest
+import yaml
+
+from fedpft_algo.bench import Cell, cell_config, load_spec, plan_cells, run_bench
+from fedpft_algo.bench_report import cell_record, paired_gap
+from fedpft_algo.errors import ConfigError
+
+REQUIRED = ("method", "task", "partition", "seed", "final_accuracy", "best_accuracy", "sub_accuracy", "macro_f1",
+            "upload_bytes_per_client_round", "download_bytes_per_client_round", "client_epoch_seconds",
+            "client_peak_mem_mb", "server_align_seconds", "wall_seconds")
+
+
+def _bench_yaml(tmp_path, model="minilm-l6", **bench):
+    config = {
+        "bench": {"methods": ["fedpft_n", "fedavg"], "tasks": ["rotten_tomatoes"], "partitions": ["homo"],
+                  "seeds": [0], "cell_timeout": 240, "probe_examples": 16,
+                  "baseline_args": {"client_optimizer": "adam", "learning_rate": 5e-5}, **bench},
+        "common_args": {"training_type": "simulation", "random_seed": 0, "using_mlops": False},
+        "data_args": {"dataset": "rotten_tomatoes", "partition_method": "hetero", "partition_alpha": 1.0,
+                      "max_train_examples": 48, "max_test_examples": 24},
+        "model_args": {"model": model},
+        "train_args": {"federated_optimizer": "FedAvg", "client_num_in_total": 2, "client_num_per_round": 2,
+                       "comm_round": 1, "epochs": 1, "batch_size": 8, "client_optimizer": "adamw",
+                       "learning_rate": 8e-4, "weight_decay": 0.0},
+        "validation_args": {"frequency_of_the_test": 1}, "device_args": {"using_gpu": False},
+        "comm_args": {"backend": "sp"},
+        "tracking_args": {"enable_tracking": False, "enable_wandb": False, "log_file_dir": "./logs"},
+        "fedpft_args": {"fedpft_method": "fedpft", "fedpft_public_size": 60, "fedpft_max_length": 32,
+                        "fedpft_layer_align_steps": 2},
+    }
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("bench, message", [
+    ({"methods": ["fedsgd"]}, "bench.methods"),
+    ({"partitions": ["dirichlet:abc"]}, "alpha must be a number"),
+    ({"partitions": ["quantity"]}, "expected homo, hetero"),
+    ({"seeds": []}, "non-empty list"),
+    ({"cell_timeout": 0}, "cell_timeout"),
+    ({"threads": 0}, "bench.threads"),
+    ({"colour": "blue"}, "unknown bench key"),
+])
+def test_load_spec_rejects_bad_bench_sections(tmp_path, bench, message):
+    with pytest.raises(ConfigError, match=message):
+        load_spec(_bench_yaml(tmp_path, **bench))
+
+
+def test_load_spec_needs_a_bench_section(tmp_path):
+    path = tmp_path / "plain.yaml"
+    path.write_text("common_args:\n  training_type: simulation\n", encoding="utf-8")
+
+    with pytest.raises(ConfigError, match="bench:"):
+        load_spec(path)
+
+
+def test_matrix_skips_missing_tasks_and_names_cells(tmp_path):
+    spec = load_spec(_bench_yaml(tmp_path, tasks=["rotten_tomatoes", str(tmp_path / "nope.csv")],
+                                 partitions=["homo", "hetero"], seeds=[0, 1]))
+
+    cells, notes = plan_cells(spec, methods=["fedpft_n"])
+
+    assert len(cells) == 1 * 2 * 2  # one task x two partitions x two seeds
+    assert {c.partition for c in cells} == {"homo", "hetero:1"}
+    assert cells[0].id == "minilm-l6-rotten_tomatoes-homo-s0-fedpft_n"
+    assert len(notes) == 1 and "skipped" in notes[0]
+
+
+def test_cell_configs_select_the_method_where_each_runner_reads_it(tmp_path):
+    spec = load_spec(_bench_yaml(tmp_path))
+
+    fedpft = cell_config(spec, Cell("fedot", "trec6", "hetero:0.5", 3, "minilm-l6"), tmp_path)
+    fedprox = cell_config(spec, Cell("fedprox", "trec6", "homo", 0, "minilm-l6"), tmp_path)
+
+    assert fedpft["fedpft_args"]["fedpft_method"] == "fedot"
+    assert fedpft["train_args"]["federated_optimizer"] == "FedAvg"   # FedML's transport for FedPFT
+    assert (fedpft["data_args"]["partition_method"], fedpft["data_args"]["partition_alpha"]) == ("hetero", 0.5)
+    assert fedpft["common_args"]["random_seed"] == 3 and fedpft["data_args"]["dataset"] == "trec6"
+    assert fedprox["train_args"]["federated_optimizer"] == "FedProx"
+    assert fedprox["train_args"]["learning_rate"] == 5e-5 and fedprox["train_args"]["client_optimizer"] == "adam"
+    assert fedprox["data_args"]["data_cache_dir"] == str(tmp_path)
+
+
+def test_baseline_args_nested_under_a_method_apply_to_that_baseline_only(tmp_path):
+    spec = load_spec(_bench_yaml(tmp_path, baseline_args={"learning_rate": 5e-5, "fednova": {"learning_rate": 0.05}}))
+
+    fednova = cell_config(spec, Cell("fednova", "trec6", "homo", 0, "minilm-l6"), tmp_path)["train_args"]
+    fedavg = cell_config(spec, Cell("fedavg", "trec6", "homo", 0, "minilm-l6"), tmp_path)["train_args"]
+
+    assert (fednova["federated_optimizer"], fednova["learning_rate"]) == ("FedNova", 0.05)
+    assert fedavg["learning_rate"] == 5e-5 and "fednova" not in fedavg
+
+
+def test_smoke_applies_its_overrides(tmp_path):
+    path = _bench_yaml(tmp_path, methods=["fedpft", "fedot", "fedavg", "fedprox"],
+                       smoke={"methods": 2, "set": {"comm_round": 2, "fedpft_neuron_align_steps": 1}})
+
+    spec = load_spec(path, smoke=True)
+
+    assert spec.methods == ["fedpft", "fedot"]
+    assert spec.base["train_args"]["comm_round"] == 2
+    assert spec.base["fedpft_args"]["fedpft_neuron_align_steps"] == 1
+
+
+def test_records_summarise_rounds_and_gaps_pair_cells():
+    cell = Cell("fedpft", "trec6", "homo", 0, "m")
+    rows = [{"round": 1, "accuracy": 0.6, "upload_bytes": 10, "download_bytes": 20, "align_seconds": 2.0,
+             "sub_accuracy": 0.5, "macro_f1": 0.55},
+            {"round": 0, "accuracy": 0.7, "upload_bytes": 30, "download_bytes": 20, "align_seconds": 0.0,
+             "layer_align_seconds": 5.0, "grad_rel_error_init": 0.2}]
+
+    record = cell_record(cell, rows, 12.0)
+
+    assert (record["final_accuracy"], record["best_accuracy"], record["sub_accuracy"]) == (0.6, 0.7, 0.5)
+    assert record["upload_bytes_per_client_round"] == 20 and record["server_align_seconds"] == 7.0
+    assert record["accuracy_per_round"] == [0.7, 0.6]
+    other = dict(record, method="fedot", final_accuracy=0.5)
+    assert paired_gap([record, other], "fedpft", "fedot") == pytest.approx(0.1)
+
+
+def test_tiny_bench_end_to_end_writes_results_and_resumes(minilm_2layer, tmp_path, monkeypatch):
+    # Prepare: 2 cells (FedPFT_N, IID and Dirichlet), 2-layer MiniLM; FedML's baselines: test_baselines.py
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    spec = load_spec(_bench_yaml(tmp_path, model=str(minilm_2layer), methods=["fedpft_n"],
+                                 partitions=["homo", "hetero:1"]))
+    out = tmp_path / "out"
+
+    # Execute
+    summary = run_bench(spec, out, progress=False)
+
+    # Assert: both cells finished; the records carry every required key; report files exist
+    assert summary["failures"] == {} and summary["finished"] == 2
+    records = json.loads((out / "results.json").read_text())
+    assert sorted(r["partition"] for r in records) == ["hetero:1", "homo"]
+    for record in records:
+        missing = [k for k in REQUIRED if k not in record]
+        assert not missing, missing
+        assert record["client_epoch_seconds"] > 0 and record["client_peak_mem_mb"] > 0
+        assert 0 < record["upload_bytes_per_client_round"] < 1_000_000  # LoRA + head only
+        assert record["grad_rel_error_final"] is not None
+    for name in ("results.csv", "results.md", "accuracy_per_round.png", "client_cost.png"):
+        assert (out / name).exists(), name
+    assert "## Targets" in (out / "results.md").read_text()
+
+    # Execute again: nothing is run a second time
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*/metrics.jsonl")}
+    again = run_bench(spec, out, progress=False)
+
+    assert again["ran"] == 0 and again["finished"] == 2
+    assert stamps == {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*/metrics.jsonl")}
