@@ -27,14 +27,16 @@ from typing import List, Optional, Sequence
 import torch
 from safetensors.torch import save_file
 
+from . import checkpoint
 from .aggregation import sum_tensors, weighted_average
 from .alignment import align_neurons_
 from .arch import num_layers
 from .compat import load_fedml
+from .errors import ConfigError
 from .evaluate import evaluate
 from .gradient_error import GradientProbe, probe_batch
 from .lora import add_lora, is_trainable_name, plug_in_, trainable_state
-from .payload import METRICS_PREFIX, control, nbytes, split_prefixed
+from .payload import METRICS_PREFIX, control, load_payload_, nbytes, split_prefixed
 from .privacy import epsilon
 from .proxy import prepare_sub_model
 from .runlog import RunLog
@@ -60,7 +62,7 @@ class FedPFTAggregator(ServerAggregator):
         self.cache_extra = cache_extra
         self.sub_model: Optional[torch.nn.Module] = None
         self.payload: Optional[OrderedDict] = None
-        self.round_idx = 0
+        self.round_idx = settings.round_offset  # rounds done (a resumed run starts after its checkpoint)
         self.compressed_layers = self.config.compressed_layers(num_layers(full_model.config))
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.history: List[dict] = []
@@ -81,8 +83,11 @@ class FedPFTAggregator(ServerAggregator):
         self.model = add_lora(self.model, self.config).to(self.device)
         self._plug_into_full_model(trainable_state(self.sub_model))  # same LoRA init and head on both
         self._prepare_metrics = self._gradient_error("init")
+        if self.settings.resume_checkpoint is not None:
+            self._restore(self.settings.resume_checkpoint)
         self.payload = OrderedDict(self.sub_model.state_dict())
-        self.payload.update(control(0, self.config.is_alignment_round(0, self.settings.comm_round)))
+        self.payload.update(control(self.round_idx, self.config.is_alignment_round(self.round_idx,
+                                                                                   self.settings.comm_round)))
         self.prepare_seconds = time.perf_counter() - start
         self.start_clock()
         logger.info("pre-round hook: sub-FM ready in %.1fs (%s)", self.prepare_seconds,
@@ -141,6 +146,9 @@ class FedPFTAggregator(ServerAggregator):
             self.save_final()
         self.round_idx += 1
         self.payload = payload
+        interval = self.config.checkpoint_interval
+        if interval and (self.round_idx % interval == 0 or self.round_idx == self.settings.comm_round):
+            self.save_checkpoint()
         self.runlog.status("training", self.round_idx)
         return payload
 
@@ -217,6 +225,38 @@ class FedPFTAggregator(ServerAggregator):
         save_file({k: v.contiguous() for k, v in trainable_state(self.model).items()}, str(path))
         return path
 
+    # ------------------------------------------------------------------ checkpoint and resume
+    def save_checkpoint(self) -> Optional[Path]:
+        """Everything the next round needs (see :mod:`fedpft_algo.checkpoint`); None without a run dir."""
+        run_dir = self.settings.run_dir
+        if run_dir is None:
+            return None
+        tensors = OrderedDict(self.sub_model.state_dict())
+        tensors.update(("fm." + k, v) for k, v in trainable_state(self.model).items())
+        tensors["rng.server_generator"] = self.generator.get_state()
+        meta = {"comm_round": self.settings.comm_round, "config_fingerprint": _config_fingerprint(run_dir),
+                "method": self.config.method, "history": self.history,
+                "client_sampling": "FedML's rule: numpy seeded with the round index"}
+        path = checkpoint.save(run_dir, self.round_idx, tensors, meta)
+        self.runlog.event("checkpoint", self.round_idx, path=str(path))
+        return path
+
+    def _restore(self, path: Path) -> None:
+        """Continue from a checkpoint: the sub-FM, the FM's LoRA + head, RNG state and metrics so far."""
+        saved = checkpoint.read(path)
+        if saved.rounds_done != self.round_idx:
+            raise ConfigError(f"checkpoint {path} holds {saved.rounds_done} rounds, the run resumes after "
+                              f"{self.round_idx}")
+        tensors = saved.load_tensors()
+        fm = OrderedDict((k[3:], v) for k, v in tensors.items() if k.startswith("fm."))
+        load_payload_(self.sub_model, OrderedDict((k, v) for k, v in tensors.items()
+                                                  if not k.startswith(("fm.", "rng."))), require_all=True)
+        plug_in_(self.model, fm)  # saved under the FM's own names (FedOT's mapping already applied)
+        self.generator.set_state(tensors["rng.server_generator"])
+        self.history = list(saved.meta["history"])
+        self.runlog.event("resume", self.round_idx, path=str(path))
+        logger.info("resumed from %s after %d round(s)", path, self.round_idx)
+
     # ------------------------------------------------------------------ FedOT and the gradient error
     def _client_lora(self, proxy: torch.nn.Module):
         if self.config.method == "fedot":  # LoRA on the emulator's adapter layers only
@@ -255,6 +295,16 @@ class FedPFTAggregator(ServerAggregator):
             extra["prepare_seconds"] = getattr(self, "prepare_seconds", float("nan"))
             extra["layer_align_seconds"] = self.layer_report.seconds if self.layer_report else 0.0
         return extra
+
+
+def _config_fingerprint(run_dir: Path) -> Optional[str]:
+    """Fingerprint of the run's resolved config (``fedpft run`` writes it); None outside a run dir."""
+    import yaml
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return None
+    return checkpoint.config_fingerprint(yaml.safe_load(path.read_text(encoding="utf-8")))
 
 
 def _kind(name: str) -> str:

@@ -5,6 +5,7 @@ equivalent::
 
     fedpft run --cf fedml_config/simulation_mpi.yaml [--set comm_round=3 ...] [--out DIR]
                [--timeout 3600] [--round-timeout 900]
+    fedpft run --resume RUN_DIR         # continue a stopped run from its last checkpoint
 
 Each subcommand is one ``_cmd_<name>(args)`` function registered in :data:`COMMANDS` together with
 a function that adds its arguments. Input mistakes (:class:`FedPFTError`) print
@@ -31,7 +32,9 @@ EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE = 0, 1, 2
 
 # ---------------------------------------------------------------------- fedpft run
 def _add_run_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cf", required=True, metavar="FILE", help="FedML yaml config (see fedml_config/)")
+    parser.add_argument("--cf", metavar="FILE", help="FedML yaml config (see fedml_config/)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint "
+                        "(same config and seed: the metrics match an uninterrupted run)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override a config key by its FedML (flattened) name, value parsed as YAML; "
                              "SECTION.KEY=VALUE adds a key; repeatable. Relative paths are taken from the "
@@ -51,8 +54,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for name in ("timeout", "round_timeout"):
         if not getattr(args, name) > 0:
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(args, name):g}: expected a number of seconds > 0")
-    plan = launcher.plan_run(args.cf, args.overrides)   # every input check happens before the run dir exists
-    run_dir, created = _make_run_dir(args.out, plan.config_file)
+    if args.resume:
+        if args.cf or args.overrides or args.out:
+            raise ConfigError("--resume RUN_DIR takes the run's own config: drop --cf, --set and --out")
+        plan = launcher.plan_resume(args.resume)
+        run_dir, created = Path(args.resume).expanduser().resolve(), False
+    elif not args.cf:
+        raise ConfigError("fedpft run needs --cf FILE (a FedML yaml) or --resume RUN_DIR")
+    else:
+        plan = launcher.plan_run(args.cf, args.overrides)   # every input check happens before the run dir exists
+        run_dir, created = _make_run_dir(args.out, plan.config_file)
     try:
         rounds = launcher.launch(plan, run_dir, timeout=args.timeout, round_timeout=args.round_timeout)
     except launcher.RunFailed as exc:
@@ -63,6 +74,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise FedPFTError(input_error) from None
         print(f"fedpft: run failed: {exc}", file=sys.stderr)
         print(f"fedpft: logs are in {run_dir / 'logs'}", file=sys.stderr)
+        from .checkpoint import latest
+
+        saved = latest(run_dir)
+        if saved is not None:
+            print(f"fedpft: {saved.rounds_done} round(s) are checkpointed; continue with: fedpft run --resume "
+                  f"{run_dir}", file=sys.stderr)
         return EXIT_RUN_FAILED
     except FedPFTError:
         if created:

@@ -76,6 +76,9 @@ class FedPFTConfig:
     # --- where the aligned sub-FM and tokenised data are cached ("" = ~/.cache/fedpft)
     cache_dir: str = ""
 
+    # --- server checkpoint (for ``fedpft run --resume``) every k rounds and after the last; 0 = never
+    checkpoint_interval: int = 1
+
     def __post_init__(self) -> None:
         _check_types(self)
         _check_choice("method", self.method, METHODS)
@@ -89,6 +92,8 @@ class FedPFTConfig:
                      "neuron_align_batch_size", "public_size", "max_length"):
             if getattr(self, name) < 1:
                 raise _error(name, getattr(self, name), "an integer >= 1")
+        if self.checkpoint_interval < 0:
+            raise _error("checkpoint_interval", self.checkpoint_interval, "an integer >= 0 (0: no checkpoints)")
         for name in ("layer_align_steps", "neuron_align_steps"):
             if getattr(self, name) < 0:
                 raise _error(name, getattr(self, name), "an integer >= 0 (0 disables that alignment)")

@@ -44,6 +44,11 @@ def install_mpi_simulation_hooks() -> None:
             logger.info("aggregate (with FedPFT hooks) took %.1fs", time.time() - start)
             return payload
 
+        def client_sampling(self, round_idx, client_num_in_total, client_num_per_round):
+            # FedML counts the rounds of this process; a resumed run continues the run's count
+            return sample_clients(round_idx + self.aggregator.settings.round_offset, client_num_in_total,
+                                  client_num_per_round)
+
     FedAvgAPI.FedAVGAggregator = HookedFedAVGAggregator
 
 
@@ -66,7 +71,7 @@ class SingleProcessFlow:
         _, _, _, _, train_num_dict, train_local_dict, _, _ = self.dataset
         settings = self.aggregator.settings
         payload = self.aggregator.get_model_params()
-        for round_idx in range(settings.comm_round):
+        for round_idx in range(settings.round_offset, settings.comm_round):
             self.runlog.status("training", round_idx)
             uploads = []
             for client_index in sample_clients(round_idx, settings.client_num_in_total, settings.client_num_per_round):

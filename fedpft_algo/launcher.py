@@ -98,6 +98,7 @@ class RunPlan:
     comm_round: int
     addresses: Optional[List[Address]] = None   # GRPC only: rank 0..N
     mpirun: Optional[str] = None                # MPI only
+    resume_round: int = 0                       # --resume: rounds done before this start
 
     @property
     def num_processes(self) -> int:
@@ -118,6 +119,56 @@ def plan_run(config_file: os.PathLike, overrides: Sequence[str] = (), *, cwd: Op
     resolve_paths(config, path.parent)
     apply_overrides(config, overrides, cwd=cwd)
     return _validate(config, path)
+
+
+RESUME_CONFIG = "config.resume.yaml"   # what the participants of a resumed run read (config.yaml stays as it was)
+
+
+def plan_resume(run_dir: os.PathLike) -> RunPlan:
+    """Plan ``fedpft run --resume RUN_DIR``: the run's own config, continued after its last checkpoint.
+
+    FedML counts rounds per process, so the participants get ``comm_round`` = the rounds still to
+    run plus ``resume_round`` / ``resume_checkpoint``; the server restores the checkpoint in its
+    pre-round hook and numbers rounds from ``resume_round``. ``metrics.jsonl`` is cut back to the
+    checkpoint's rounds. Raises :class:`ConfigError`; starts nothing.
+    """
+    from . import checkpoint
+
+    run_dir = Path(run_dir).expanduser().resolve()
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise ConfigError(f"--resume {run_dir}: not a fedpft run directory (it has no config.yaml)")
+    saved = checkpoint.latest(run_dir)
+    if saved is None:
+        raise ConfigError(f"--resume {run_dir}: no checkpoint in {run_dir / checkpoint.CHECKPOINT_DIR} (the run "
+                          "stopped before its first one, or fedpft_checkpoint_interval is 0)")
+    config = load_config(config_path)
+    if saved.meta.get("config_fingerprint") != checkpoint.config_fingerprint(config):
+        raise ConfigError(f"--resume {run_dir}: checkpoint {saved.path.name} was written by another config "
+                          f"than {config_path}")
+    total = flatten(config).get("comm_round")
+    if not _is_int(total) or saved.rounds_done >= total:
+        raise ConfigError(f"--resume {run_dir}: the run already finished all {total} rounds")
+    resumed = copy.deepcopy(config)
+    for keys in resumed.values():
+        if "comm_round" in keys:
+            keys["comm_round"] = total - saved.rounds_done
+    resumed.setdefault("common_args", {}).update(resume_round=saved.rounds_done, resume_checkpoint=str(saved.path))
+    plan = _validate(resumed, config_path)
+    plan.comm_round = total
+    plan.resume_round = saved.rounds_done
+    return plan
+
+
+def restart_records(run_dir: Path, plan: RunPlan) -> None:
+    """Before a resumed run starts: metrics of the checkpoint's rounds only; no stale status files."""
+    from . import checkpoint
+    from .runlog import write_text_atomic
+
+    history = checkpoint.read(Path(flatten(plan.config)["resume_checkpoint"])).meta["history"]
+    write_text_atomic(run_dir / METRICS_JSONL, "".join(json.dumps(row) + "\n" for row in history))
+    for status in (run_dir / "status").glob("*.json"):
+        status.unlink()
 
 
 def load_config(path: Path) -> Dict[str, Dict[str, Any]]:
@@ -380,7 +431,7 @@ def prepare_run_dir(plan: RunPlan, run_dir: Path) -> Path:
     if plan.addresses is not None:
         write_address_file(run_dir / "grpc_ipconfig.csv", plan.addresses)
         config.setdefault("comm_args", {})["grpc_ipconfig_path"] = str(run_dir / "grpc_ipconfig.csv")
-    path = run_dir / "config.yaml"
+    path = run_dir / (RESUME_CONFIG if plan.resume_round else "config.yaml")
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return path
 
@@ -398,6 +449,8 @@ def launch(plan: RunPlan, run_dir: os.PathLike, *, timeout: float = 3600.0, roun
     """
     run_dir = Path(run_dir).resolve()
     config_path = prepare_run_dir(plan, run_dir)
+    if plan.resume_round:
+        restart_records(run_dir, plan)
     env = _participant_env(run_dir, plan.num_clients if plan.num_processes > 1 else 1)
     command = [sys.executable, "-m", participant_module or PARTICIPANT_MODULE, "--cf", str(config_path)]
     procs: List[_Proc] = []

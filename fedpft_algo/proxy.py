@@ -10,12 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from .alignment import AlignmentReport, align_layers_
@@ -50,16 +48,12 @@ def cache_key(full_model: nn.Module, config: FedPFTConfig, extra: str = "") -> s
 def save_tensors_atomic(model: nn.Module, names, path: Path) -> None:
     """Write ``model``'s tensors ``names`` to ``path`` (safetensors) via a temporary file and a rename,
     so that a crash never leaves a half-written cache entry."""
+    from safetensors.torch import save
+
+    from .runlog import write_bytes_atomic
+
     state = model.state_dict()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({name: state[name].detach().cpu().contiguous() for name in names}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_bytes_atomic(path, save({name: state[name].detach().cpu().contiguous() for name in names}))
 
 
 def prepare_sub_model(full_model: nn.Module, config: FedPFTConfig, public_batches: Sequence, eval_batches: Sequence,

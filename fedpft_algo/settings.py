@@ -37,6 +37,10 @@ class RunSettings:
     seed: int
     run_dir: Optional[Path]
     cache_dir: Path
+    # a resumed run (``fedpft run --resume``): rounds already done, and the server checkpoint holding them.
+    # FedML's ``comm_round`` then counts the remaining rounds; ``comm_round`` here is the run's total.
+    round_offset: int = 0
+    resume_checkpoint: Optional[Path] = None
 
     @classmethod
     def from_args(cls, args: Any) -> "RunSettings":
@@ -64,7 +68,7 @@ class RunSettings:
             partition_alpha=float(get("partition_alpha", 0.5)),
             client_num_in_total=int(get("client_num_in_total", required=True)),
             client_num_per_round=int(get("client_num_per_round", required=True)),
-            comm_round=int(get("comm_round", required=True)),
+            comm_round=int(get("comm_round", required=True)) + int(get("resume_round", 0)),
             epochs=int(get("epochs", 1)),
             batch_size=int(get("batch_size", 16)),
             learning_rate=float(get("learning_rate", 8e-4)),
@@ -72,6 +76,8 @@ class RunSettings:
             seed=int(get("random_seed", 0)),
             run_dir=Path(run_dir) if run_dir else None,
             cache_dir=cache_dir,
+            round_offset=int(get("resume_round", 0)),
+            resume_checkpoint=Path(get("resume_checkpoint")) if get("resume_checkpoint") else None,
         )
 
     def round_seed(self, round_idx: int, who: Any = "server") -> int:

@@ -118,19 +118,47 @@ BAD_INPUTS = {  # id -> (make the config file, extra CLI args, what stderr must 
                      r"ip\.csv: no row for rank\(s\) \[1, 2\]"),
     "address port": (lambda t: _address_file(t, "eid,rank,grpc_server_ip,grpc_server_port\n0,0,127.0.0.1,0\n"), [],
                      r"ip\.csv line 2: '0,0,127.0.0.1,0' is not allowed"),
+    "resume not a run dir": (lambda t: ["--resume", t / "nowhere"], [],
+                             r"--resume .*nowhere: not a fedpft run directory \(it has no config\.yaml\)"),
+    "resume no checkpoint": (lambda t: _stopped_run(t, checkpointed=False), [], r"--resume .*: no checkpoint in "),
+    "resume other config": (lambda t: _stopped_run(t, fingerprint="0123456789abcdef"), [],
+                            r"checkpoint round-0001\.json was written by another config than .*config\.yaml"),
+    "resume finished": (lambda t: _stopped_run(t, rounds_done=8), [], r"the run already finished all 8 rounds"),
+    "resume with --set": (lambda t: _stopped_run(t), ["--set", "comm_round=9"],
+                          r"--resume RUN_DIR takes the run's own config: drop --cf, --set and --out"),
+    "neither --cf nor --resume": (lambda t: [], [], r"fedpft run needs --cf FILE \(a FedML yaml\) or --resume"),
     "timeout": (lambda t: config_with(t), ["--timeout", "0"], r"--timeout 0: expected a number of seconds > 0"),
     "round timeout": (lambda t: config_with(t), ["--round-timeout", "-1"], r"--round-timeout -1: expected"),
 }
 
 
+def _stopped_run(tmp_path, *, checkpointed=True, fingerprint=None, rounds_done=1):
+    """A run directory as a stopped ``fedpft run`` leaves it (config.yaml, maybe a checkpoint)."""
+    import torch
+
+    from fedpft_algo import checkpoint
+
+    run_dir = tmp_path / "stopped"
+    run_dir.mkdir()
+    config = launcher.load_config(config_with(tmp_path))
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    if checkpointed:
+        checkpoint.save(run_dir, rounds_done, {"w": torch.zeros(1)},
+                        {"config_fingerprint": fingerprint or checkpoint.config_fingerprint(config), "history": []})
+    return ["--resume", run_dir]
+
+
 @pytest.mark.parametrize("case", BAD_INPUTS)
 def test_run_bad_input_exits_2_with_one_line_and_no_run_dir(case, fake, tmp_path, capsys):
     make, extra, message = BAD_INPUTS[case]
-    code, out, err = run_cli(capsys, "--cf", make(tmp_path), *extra)
+    made = make(tmp_path)
+    code, out, err = run_cli(capsys, *(made if isinstance(made, list) else ["--cf", made]), *extra)
     assert code == 2
     assert err.startswith("fedpft: error: ") and err.count("\n") == 1, err
     assert __import__("re").search(message, err), err
     assert not (tmp_path / "runs").exists() and out == ""
+    if isinstance(made, list) and made:  # a refused --resume changes nothing in the run directory
+        assert not (tmp_path / "stopped" / launcher.RESUME_CONFIG).exists()
 
 
 def test_run_port_in_use_exits_2(fake, tmp_path, capsys):
