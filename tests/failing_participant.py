@@ -1,4 +1,5 @@
-"""The real FedPFT participant, except that client rank 1 raises inside ``FedPFTTrainer.train``.
+"""The real FedPFT participant, except that client rank 1 raises inside ``FedPFTTrainer.train``
+in the second round (after the server checkpointed the first).
 
 Used by tests/test_fedml_integration.py to show that a failing client stops the whole run.
 """
@@ -8,8 +9,13 @@ import fedpft_algo.trainer as trainer
 from fedpft_algo import participant
 
 
+_real_train = trainer.FedPFTTrainer.train
+
+
 def _broken_train(self, train_data, device, args):
-    raise RuntimeError("injected failure inside train")
+    if self.round_idx >= 1:
+        raise RuntimeError("injected failure inside train")
+    return _real_train(self, train_data, device, args)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
-from fedpft_algo import launcher
+from fedpft_algo import checkpoint, launcher
 
 TESTS_DIR = Path(__file__).resolve().parent
 CONFIG_DIR = TESTS_DIR.parent / "fedml_config"
@@ -101,6 +102,9 @@ def test_mpi_simulation_calls_fedpft_hooks_every_round(minilm_2layer, tmp_path):
 def test_cross_silo_grpc_calls_fedpft_hooks_every_round(minilm_2layer, tmp_path):
     result = fedpft_run("cross_silo_grpc.yaml", tmp_path / "run", small_run_overrides(minilm_2layer, tmp_path / "c"))
     assert result.returncode == 0, result.stderr[-3000:]
+    for rank, role in ((0, "server"), (1, "client"), (2, "client")):  # each listens on loopback only
+        log = (tmp_path / "run" / "logs" / f"{role}_{rank}.log").read_text(errors="replace")
+        assert "Started gRPC server: 127.0.0.1:" in log and "Started gRPC server: 0.0.0.0" not in log
     assert_fedpft_run(tmp_path / "run", ["update_dataset", "set_model_params", "on_before_local_training", "train",
                                          "on_after_local_training", "get_model_params"])
 
@@ -121,8 +125,10 @@ def test_failing_client_stops_the_run_without_leftovers(minilm_2layer, tmp_path,
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     start = time.monotonic()
-    with pytest.raises(launcher.RunFailed, match=r"client rank 1 failed in round 1: .*injected failure"):
+    with pytest.raises(launcher.RunFailed, match=r"client rank 1 failed in round 2: .*injected failure"):
         launcher.launch(plan, run_dir, timeout=300, round_timeout=200, progress=False)
+    saved = checkpoint.latest(run_dir)  # the checkpoint of round 1 survives the failure, whole and loadable
+    assert saved.rounds_done == 1 and saved.load_tensors()["rng.server_generator"].dtype == torch.uint8
     statuses = launcher.read_statuses(run_dir)
     # the failure is seen and everything stopped within 30 s of the client's failure
     failed_at = statuses["client_1"]["time"]
