@@ -17,6 +17,7 @@ The bench yaml is a FedML config (the base of every run) plus a ``bench:`` secti
                       fednova: {learning_rate: 0.05}}       # {method: {...}}: for that baseline only
       vision: {model: null, task: fashion_mnist, methods: [...], set: {...}}   # a vision cell if model is set
       smoke: {methods: [...], set: {comm_round: 2, ...}}                        # what --smoke changes
+      variants: {fedpft_t5: {method: fedpft, set: {fedpft_align_interval: 5}}}  # a method with other settings
 
 Methods are the FedPFT family (:data:`fedpft_algo.config.METHODS`, run by
 ``python -m fedpft_algo.participant``) and FedML's baselines (:data:`fedpft_algo.baselines.BASELINES`,
@@ -64,7 +65,8 @@ def run_cell(spec: BenchSpec, cell: Cell, out: Path) -> Dict[str, Any]:
         shutil.rmtree(run_dir)  # a partial earlier attempt
     run_dir.mkdir(parents=True)
     flat = _flat(config)
-    if cell.method in BASELINES:  # FedML's optimiser names: outside the FedPFT launcher's FedAvg-only check
+    baseline = spec.base_method(cell.method) in BASELINES
+    if baseline:  # FedML's optimiser names: outside the FedPFT launcher's FedAvg-only check
         plan = launcher.RunPlan(config=config, config_file=spec.path, training_type="simulation", backend="sp",
                                 num_clients=int(flat["client_num_per_round"]), comm_round=int(flat["comm_round"]))
         module = "fedpft_algo.baselines"
@@ -78,7 +80,7 @@ def run_cell(spec: BenchSpec, cell: Cell, out: Path) -> Dict[str, Any]:
         raise ConfigError("bench cells run in FedML's single-process simulation: set training_type simulation, "
                           "backend sp in the bench yaml")
     env_threads = {"OMP_NUM_THREADS": str(spec.threads)} if spec.threads else {}
-    with _env(env_threads), _quiet_launcher(cell.method in BASELINES):
+    with _env(env_threads), _quiet_launcher(baseline):
         start = time.monotonic()
         rounds = launcher.launch(plan, run_dir, timeout=spec.cell_timeout, round_timeout=spec.cell_timeout,
                                  participant_module=module, progress=False)
@@ -86,6 +88,7 @@ def run_cell(spec: BenchSpec, cell: Cell, out: Path) -> Dict[str, Any]:
     from .bench_report import cell_record
 
     record = cell_record(cell, rounds, wall)
+    record["base_method"] = spec.base_method(cell.method)
     record["config_hash"] = config_hash(config)
     return record
 
@@ -177,8 +180,8 @@ def run_bench(spec: BenchSpec, out: Path, *, methods=None, tasks=None, partition
     probe_task = {}
     for cell in cells:  # each model's probes use the first task it is benchmarked on
         probe_task.setdefault(cell.model, cell.task)
-    wanted_probes = sorted({(c.model, kind_of(c.method)) for c in cells
-                            if execute and f"{c.model}|{kind_of(c.method)}" not in probes})
+    kinds = {c: kind_of(spec.base_method(c.method)) for c in cells}
+    wanted_probes = sorted({(c.model, kinds[c]) for c in cells if execute and f"{c.model}|{kinds[c]}" not in probes})
     bar = tqdm(total=len(todo) + len(wanted_probes), unit="cell", desc="fedpft bench",
                disable=None if progress else True)
     interrupted = False

@@ -75,11 +75,12 @@ def add_client_cost(record: Dict[str, Any], probes: Dict[str, Dict[str, Any]]) -
     """
     tail = record.get("accuracy_per_round") or []
     record["tail_accuracy"] = _mean(tail[-TAIL_ROUNDS:])
-    probe = probes.get(f"{record['model']}|{kind_of(record['method'])}") or {}
+    kind = kind_of(record.get("base_method", record["method"]))
+    probe = probes.get(f"{record['model']}|{kind}") or {}
     full = probes.get(f"{record['model']}|full_lora") or probes.get(f"{record['model']}|full_model") or {}
     flops, full_flops = probe.get("flops_per_token"), full.get("flops_per_token")
     record.update({
-        "client_kind": kind_of(record["method"]),
+        "client_kind": kind,
         "client_epoch_seconds": probe.get("epoch_seconds"), "client_peak_mem_mb": probe.get("peak_rss_mb"),
         "client_model_mem_mb": (probe["peak_rss_mb"] - probe["base_rss_mb"]) if probe else None,
         "client_trainable_parameters": probe.get("trainable_parameters"),
@@ -101,7 +102,7 @@ def _ordered_methods(records) -> List[str]:
     from .bench_spec import ALL_METHODS
 
     present = {r["method"] for r in records}
-    return [m for m in ALL_METHODS if m in present]
+    return [m for m in ALL_METHODS if m in present] + sorted(present - set(ALL_METHODS))  # then the variants
 
 
 def _fmt(value, kind: str = "float") -> str:

@@ -22,7 +22,7 @@ from .errors import ConfigError, FedPFTError
 
 ALL_METHODS = METHODS + tuple(BASELINES)
 _BENCH_KEYS = {"methods", "tasks", "partitions", "seeds", "cell_timeout", "probe_examples", "baseline_args",
-               "vision", "smoke", "threads"}
+               "vision", "smoke", "threads", "variants"}
 _SMOKE_DEFAULT = {"methods": 3, "tasks": 1, "partitions": 1, "seeds": 1, "probe_examples": 32,
                   "set": {"comm_round": 2, "client_num_in_total": 4, "client_num_per_round": 2,
                           "max_train_examples": 200, "max_test_examples": 100, "fedpft_layer_align_steps": 5,
@@ -58,6 +58,12 @@ class BenchSpec:
     baseline_args: Dict[str, Any] = field(default_factory=dict)
     vision: Dict[str, Any] = field(default_factory=dict)
     threads: Optional[int] = None
+    # name -> (method it runs, FedML/fedpft_* keys it changes): e.g. the APoZ-vs-mean_abs and t / p studies
+    variants: Dict[str, Tuple[str, Tuple[Tuple[str, Any], ...]]] = field(default_factory=dict)
+
+    def base_method(self, method: str) -> str:
+        """The method a bench method runs: itself, or the method a variant is built on."""
+        return self.variants[method][0] if method in self.variants else method
 
     @property
     def model(self) -> str:
@@ -79,14 +85,15 @@ def load_spec(path: os.PathLike, *, smoke: bool = False) -> BenchSpec:
     resolve_paths(config, path.parent)
     if smoke:
         bench = _apply_smoke(bench, config)
-    spec = BenchSpec(path=path, base=config, methods=_names(bench, "methods", ALL_METHODS),
+    variants = _variants(bench, config)
+    spec = BenchSpec(path=path, base=config, methods=_names(bench, "methods", ALL_METHODS + tuple(variants)),
                      tasks=[str(t) for t in _list(bench, "tasks")],
                      partitions=[_partition(p, config) for p in _list(bench, "partitions")],
                      seeds=[_int(s, "seeds") for s in _list(bench, "seeds")],
                      cell_timeout=float(bench.get("cell_timeout", 1800)),
                      probe_examples=_int(bench.get("probe_examples", 64), "probe_examples"),
                      baseline_args=dict(bench.get("baseline_args") or {}), vision=dict(bench.get("vision") or {}),
-                     threads=bench.get("threads"))
+                     threads=bench.get("threads"), variants=variants)
     if spec.threads is not None and (isinstance(spec.threads, bool) or not isinstance(spec.threads, int)
                                      or spec.threads < 1):
         raise ConfigError(f"bench.threads={spec.threads!r} is not allowed: expected an integer >= 1 or null")
@@ -94,6 +101,33 @@ def load_spec(path: os.PathLike, *, smoke: bool = False) -> BenchSpec:
         raise ConfigError(f"bench.cell_timeout={spec.cell_timeout!r} is not allowed: expected seconds > 0")
     FedPFTConfig.from_args(_namespace(_flat(config)))  # the base fedpft_args must be valid
     return spec
+
+
+def _variants(bench, config) -> Dict[str, Tuple[str, Tuple[Tuple[str, Any], ...]]]:
+    """``variants: {name: {method: fedpft, set: {fedpft_align_interval: 5}}}``, checked now."""
+    raw = bench.get("variants") or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"bench.variants={raw!r} is not allowed: expected a mapping name -> {{method, set}}")
+    variants = {}
+    for name, value in raw.items():
+        if name in ALL_METHODS or not re.fullmatch(r"[A-Za-z0-9_.-]+", str(name)):
+            raise ConfigError(f"bench.variants: {name!r} is not allowed: expected a new name of letters, digits, "
+                              f"'_', '.', '-' (not one of {', '.join(ALL_METHODS)})")
+        if not isinstance(value, dict) or set(value) - {"method", "set"} or value.get("method") not in ALL_METHODS:
+            raise ConfigError(f"bench.variants.{name}: expected {{method: one of {', '.join(ALL_METHODS)}, "
+                              f"set: {{key: value}}}}")
+        overrides = value.get("set") or {}
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"bench.variants.{name}.set={overrides!r} is not allowed: expected a mapping of keys")
+        trial = copy.deepcopy(config)
+        for key, setting in overrides.items():
+            set_key(trial, key, setting)
+        try:
+            FedPFTConfig.from_args(_namespace(_flat(trial)))
+        except ConfigError as exc:
+            raise ConfigError(f"bench.variants.{name}: {exc}") from None
+        variants[str(name)] = (value["method"], tuple(sorted(overrides.items())))
+    return variants
 
 
 def _apply_smoke(bench: Dict[str, Any], config: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
@@ -187,8 +221,9 @@ def plan_cells(spec: BenchSpec, methods: Optional[Sequence[str]] = None, tasks: 
         available.append(task)
     wanted = {_partition(p, spec.base) for p in partitions} if partitions else None
     chosen = [p for p in spec.partitions if wanted is None or p in wanted]
-    cells = [Cell(m, t, p, s, spec.model) for t in available for p in chosen for s in spec.seeds
-             for m in spec.methods if not methods or m in methods]
+    cells = [Cell(m, t, p, s, spec.model, spec.variants[m][1] if m in spec.variants else ())
+             for t in available for p in chosen for s in spec.seeds for m in spec.methods
+             if not methods or m in methods]
     vision = spec.vision
     if vision.get("model"):
         overrides = tuple(sorted((vision.get("set") or {}).items()))
@@ -213,15 +248,16 @@ def cell_config(spec: BenchSpec, cell: Cell, cache_dir: Path) -> Dict[str, Dict[
         set_key(config, key, value)
     if not _flat(config).get("data_cache_dir") and not _flat(config).get("fedpft_cache_dir"):
         config.setdefault("data_args", {})["data_cache_dir"] = str(cache_dir)
-    if cell.method in BASELINES:
-        config.setdefault("train_args", {})["federated_optimizer"] = BASELINES[cell.method]
+    method = spec.base_method(cell.method)
+    if method in BASELINES:
+        config.setdefault("train_args", {})["federated_optimizer"] = BASELINES[method]
         for key, value in spec.baseline_args.items():  # {method: {...}} entries apply to that baseline only
             if key not in BASELINES:
                 config["train_args"][key] = value
-        for key, value in (spec.baseline_args.get(cell.method) or {}).items():
+        for key, value in (spec.baseline_args.get(method) or {}).items():
             config["train_args"][key] = value
     else:
-        config.setdefault("fedpft_args", {})["fedpft_method"] = cell.method
+        config.setdefault("fedpft_args", {})["fedpft_method"] = method
     return config
 
 

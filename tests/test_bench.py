@@ -44,6 +44,11 @@ def _bench_yaml(tmp_path, model="minilm-l6", **bench):
     ({"cell_timeout": 0}, "cell_timeout"),
     ({"threads": 0}, "bench.threads"),
     ({"colour": "blue"}, "unknown bench key"),
+    ({"variants": {"fedpft": {"method": "fedpft"}}}, "expected a new name"),
+    ({"variants": {"fedpft_x": {"method": "fedsgd"}}}, r"bench.variants.fedpft_x: expected \{method"),
+    ({"variants": {"fedpft_x": {"method": "fedpft", "set": {"fedpft_align_interval": 0}}}},
+     r"bench.variants.fedpft_x: fedpft_align_interval=0 is not allowed"),
+    ({"methods": ["fedpft_x"]}, "bench.methods"),
 ])
 def test_load_spec_rejects_bad_bench_sections(tmp_path, bench, message):
     with pytest.raises(ConfigError, match=message):
@@ -152,3 +157,17 @@ def test_tiny_bench_end_to_end_writes_results_and_resumes(minilm_2layer, tmp_pat
 
     assert again["ran"] == 0 and again["finished"] == 2
     assert stamps == {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*/metrics.jsonl")}
+
+
+def test_variants_run_their_method_with_their_settings(tmp_path):
+    variants = {"fedpft_mean_abs": {"method": "fedpft", "set": {"fedpft_align_statistic": "mean_abs"}},
+                "fedpft_p08": {"method": "fedpft", "set": {"fedpft_align_update_ratio": 0.8}}}
+    spec = load_spec(_bench_yaml(tmp_path, methods=["fedpft", "fedpft_mean_abs", "fedpft_p08"], variants=variants))
+    cells, _ = plan_cells(spec)
+    configs = {c.method: cell_config(spec, c, tmp_path / "cache")["fedpft_args"] for c in cells}
+    assert {m: (c["fedpft_method"], c.get("fedpft_align_statistic", "apoz"), c.get("fedpft_align_update_ratio", 0.5))
+            for m, c in configs.items()} == {"fedpft": ("fedpft", "apoz", 0.5),
+                                             "fedpft_mean_abs": ("fedpft", "mean_abs", 0.5),
+                                             "fedpft_p08": ("fedpft", "apoz", 0.8)}
+    assert len({c.id for c in cells}) == 3
+
