@@ -42,6 +42,7 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -559,10 +560,31 @@ def describe_failure(proc: _Proc, run_dir: Path) -> str:
         error = status.get("error") or _last_line(log if log.exists() else proc.log)
         return f"{status.get('role')} rank {status.get('rank')} failed in round {_human(status)}: {error}"
     status = statuses.get(f"{proc.role}_{proc.rank}", {}) if proc.rank is not None else {}
-    when = f"in round {_human(status)}" if "round" in status else "before reporting a round"
+    name = proc.name
     code = proc.popen.returncode
     how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-    return f"{proc.name} failed {when} ({how}): {_last_line(proc.log)}"
+    detail = _last_line(proc.log)
+    killed = _MPI_KILLED.search(_tail_text(proc.log)) if proc.rank is None else None
+    if killed:  # mpirun names the rank a signal took down (kill -9, out of memory)
+        rank = int(killed.group(1))
+        name = f"{'server' if rank == 0 else 'client'} rank {rank}"
+        status = statuses.get(name.replace(" rank ", "_"), {})
+        how = f"was killed by signal {killed.group(2)}"
+        detail = "mpirun " + " ".join(killed.group(0).split())
+    when = f"in round {_human(status)}" if "round" in status else "before reporting a round"
+    return f"{name} failed {when} ({how}): {detail}"
+
+
+_MPI_KILLED = re.compile(r"noticed that process rank (\d+) with PID \d+ on node \S+ exited on\s+signal (\d+)")
+
+
+def _tail_text(log: Path, limit: int = 20000) -> str:
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - limit))
+            return f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
 
 
 def _progress_summary(plan: RunPlan, state: _State, run_dir: Path) -> str:

@@ -11,6 +11,7 @@ Under ``sp`` the one process plays the server and simulates its clients. Environ
 
 * ``FAKE_FAIL=RANK:ROUND`` - that rank writes a "failed" status and exits 1 (MPI: aborts the job).
 * ``FAKE_HANG=RANK[:ROUND]`` - that rank stops forever in ROUND (default 1).
+* ``FAKE_KILL=RANK:ROUND`` - that rank is killed by SIGKILL in ROUND (no status, no message: ``kill -9``).
 * ``FAKE_IGNORE_TERM=1`` - every participant ignores SIGTERM (the launcher must SIGKILL).
 * ``FAKE_EXIT_EARLY=RANK`` - that rank exits 3 before writing any status (and before listening).
 """
@@ -81,6 +82,8 @@ def main() -> int:
             if comm is not None:
                 comm.Abort(1)
             return 1
+        if os.environ.get("FAKE_KILL") == f"{args.rank}:{r}":
+            os.kill(os.getpid(), signal.SIGKILL)
         if hang and int(hang_rank) == args.rank and r == int(hang_round or 1):
             print(f"rank {args.rank} hangs in round index {r}", flush=True)
             time.sleep(3600)

@@ -281,6 +281,21 @@ def test_launch_crashing_participant_fails_fast_naming_it_and_its_round(topology
     assert live_processes(started_pids(run_dir)) == []
 
 
+@pytest.mark.parametrize("topology", ["simulation_mpi", "grpc"])
+@pytest.mark.parametrize("rank", [0, 1])
+def test_launch_killed_participant_is_named_and_the_run_stopped(topology, rank, fake, tmp_path):
+    fake.setenv("FAKE_KILL", f"{rank}:1")   # kill -9 of the server or a client in round index 1
+    run_dir = tmp_path / "run"
+    start = time.monotonic()
+    with pytest.raises(launcher.RunFailed) as failed:
+        launcher.launch(plan_for(topology, tmp_path), run_dir, timeout=60, round_timeout=60, kill_grace=2,
+                        progress=False)
+    assert time.monotonic() - start < 30
+    role = "server" if rank == 0 else "client"
+    assert str(failed.value).startswith(f"{role} rank {rank} failed in round 2 (was killed by signal 9)"), failed.value
+    assert live_processes(started_pids(run_dir)) == []
+
+
 @pytest.mark.parametrize("topology", TOPOLOGIES)
 def test_launch_hanging_participant_is_stopped_by_the_round_timeout(topology, fake, tmp_path):
     fake.setenv("FAKE_HANG", f"{TOPOLOGIES[topology][2]}:1")
