@@ -191,6 +191,7 @@ class FedPFTAggregator(ServerAggregator):
             "train_loss": _mean(c.get("train_loss") for c in clients),
             "client_epoch_seconds": _mean(c.get("epoch_seconds") for c in clients),
             "client_peak_mem_mb": max((c.get("peak_mem_mb", 0.0) for c in clients), default=0.0),
+            "client_update_norm": _mean(c.get("update_norm") for c in clients),  # before clipping (DP runs)
             "upload_bytes": sum(uploads) / max(1, len(uploads)),
             "download_bytes": nbytes(payload),
             "align": bool(changed), "align_seconds": align_seconds, "changed_tensors": len(changed),
