@@ -63,6 +63,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("fedpft run needs --cf FILE (a FedML yaml) or --resume RUN_DIR")
     else:
         plan = launcher.plan_run(args.cf, args.overrides)   # every input check happens before the run dir exists
+        launcher.preflight(plan)
         run_dir, created = _make_run_dir(args.out, plan.config_file)
     try:
         rounds = launcher.launch(plan, run_dir, timeout=args.timeout, round_timeout=args.round_timeout)

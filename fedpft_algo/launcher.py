@@ -122,6 +122,26 @@ def plan_run(config_file: os.PathLike, overrides: Sequence[str] = (), *, cwd: Op
     return _validate(config, path)
 
 
+def preflight(plan: RunPlan) -> None:
+    """Load what the participants will load - the data set, the FM's config (hash-checked), its layer
+    layout, the client split - so that a data or model mistake is a one-line error before any
+    process starts. Raises :class:`~fedpft_algo.errors.FedPFTError`."""
+    from .arch import get_arch, num_layers
+    from .data.partition import partition
+    from .data.tasks import load_task
+    from .models import load_model_config
+    from .settings import RunSettings
+
+    settings = RunSettings.from_args(types.SimpleNamespace(**flatten(plan.config)))
+    task = load_task(settings.dataset, text_columns=settings.text_columns, label_column=settings.label_column,
+                     max_train=settings.max_train_examples, max_test=settings.max_test_examples, seed=settings.seed)
+    model_config = load_model_config(settings.model, task.num_labels, settings.cache_dir)
+    get_arch(model_config.model_type)
+    settings.fedpft.resolve_retained_layers(num_layers(model_config))
+    partition(task.train_labels, settings.client_num_in_total, settings.partition_method, settings.partition_alpha,
+              settings.seed)
+
+
 RESUME_CONFIG = "config.resume.yaml"   # what the participants of a resumed run read (config.yaml stays as it was)
 
 

@@ -127,9 +127,51 @@ BAD_INPUTS = {  # id -> (make the config file, extra CLI args, what stderr must 
     "resume with --set": (lambda t: _stopped_run(t), ["--set", "comm_round=9"],
                           r"--resume RUN_DIR takes the run's own config: drop --cf, --set and --out"),
     "neither --cf nor --resume": (lambda t: [], [], r"fedpft run needs --cf FILE \(a FedML yaml\) or --resume"),
+    "data file missing": (lambda t: config_with(t, data_args={"dataset": str(t / "reviews.csv")}), [],
+                          r"data file or directory not found: .*reviews\.csv"),
+    "data column missing": (lambda t: _data(t, "text,label\n" + "good film,1\nbad film,0\n" * 40,
+                                            fedpft_label_column="verdict"),
+                            [], r"reviews\.csv: column 'verdict' not found; columns present"),
+    "data empty": (lambda t: _data(t, "text,label\n"), [], r"reviews\.csv: no examples"),
+    "data labels outside": (lambda t: _data(t, "text,label\n" + "good film,pos\nbad film,neg\n" * 40,
+                                            test="text,label\nodd film,meh\n"),
+                            [], r"test labels \['meh'\] are outside the label set"),
+    "data not utf-8": (lambda t: _data(t, b"text,label\n\xff\xfe bad bytes,1\n"), [],
+                       r"reviews\.csv is not UTF-8 text"),
+    "data too few per client": (lambda t: config_with(t, data_args={"max_train_examples": 30}), [],
+                                r"4 clients x min_per_client 10 > 30 training examples"),
+    "model dir missing": (lambda t: config_with(t, model_args={"model": str(t / "my-model")}), [],
+                          r"model directory .*my-model' does not exist"),
+    "model architecture": (lambda t: _model_dir(t, {"model_type": "gpt2", "n_layer": 2}), [],
+                           r"model_type 'gpt2' is not supported \(known: "),
+    "retained layer out of range": (lambda t: config_with(t, fedpft_args={"fedpft_retained_layers": [0, 6]}), [],
+                                    r"fedpft_retained_layers=\[0, 6\] .*layer indices in \[-6, 5\] for this "
+                                    r"6-layer model"),
     "timeout": (lambda t: config_with(t), ["--timeout", "0"], r"--timeout 0: expected a number of seconds > 0"),
     "round timeout": (lambda t: config_with(t), ["--round-timeout", "-1"], r"--round-timeout -1: expected"),
 }
+
+
+def _data(tmp_path, train, test=None, **fedpft_args):
+    """A user's CSV data set: ``reviews.csv``, or with ``test`` a directory with train.csv and test.csv."""
+    if test is None:
+        path = dataset = tmp_path / "reviews.csv"
+    else:
+        dataset = tmp_path / "reviews"
+        dataset.mkdir()
+        (dataset / "test.csv").write_text(test)
+        path = dataset / "train.csv"
+    path.write_bytes(train if isinstance(train, bytes) else train.encode())
+    changes = {"data_args": {"dataset": str(dataset), "max_train_examples": None}}
+    if fedpft_args:
+        changes["fedpft_args"] = fedpft_args
+    return config_with(tmp_path, **changes)
+
+
+def _model_dir(tmp_path, config):
+    (tmp_path / "my-model").mkdir()
+    (tmp_path / "my-model" / "config.json").write_text(json.dumps(config))
+    return config_with(tmp_path, model_args={"model": str(tmp_path / "my-model")})
 
 
 def _stopped_run(tmp_path, *, checkpointed=True, fingerprint=None, rounds_done=1):
