@@ -235,8 +235,11 @@ class FedPFTAggregator(ServerAggregator):
         tensors = OrderedDict(self.sub_model.state_dict())
         tensors.update(("fm." + k, v) for k, v in trainable_state(self.model).items())
         tensors["rng.server_generator"] = self.generator.get_state()
-        meta = {"comm_round": self.settings.comm_round, "config_fingerprint": _config_fingerprint(run_dir),
-                "method": self.config.method, "history": self.history,
+        config = _run_config(run_dir)
+        meta = {"comm_round": self.settings.comm_round, "method": self.config.method, "config": config,
+                "config_fingerprint": checkpoint.config_fingerprint(config) if config else None,
+                "history": self.history, "pooled_statistics": "none pending: counts are pooled and used in "
+                                                               "the round they arrive",
                 "client_sampling": "FedML's rule: numpy seeded with the round index"}
         path = checkpoint.save(run_dir, self.round_idx, tensors, meta)
         self.runlog.event("checkpoint", self.round_idx, path=str(path))
@@ -298,14 +301,12 @@ class FedPFTAggregator(ServerAggregator):
         return extra
 
 
-def _config_fingerprint(run_dir: Path) -> Optional[str]:
-    """Fingerprint of the run's resolved config (``fedpft run`` writes it); None outside a run dir."""
+def _run_config(run_dir: Path) -> Optional[dict]:
+    """The run's resolved config (``fedpft run`` writes it); None outside a run directory."""
     import yaml
 
     path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        return None
-    return checkpoint.config_fingerprint(yaml.safe_load(path.read_text(encoding="utf-8")))
+    return yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def _kind(name: str) -> str:
