@@ -267,9 +267,12 @@ def test_ctrl_c_stops_every_participant_and_exits_1(tmp_path):
             "from fedpft_algo.cli import main; sys.exit(main())")
     env = dict(os.environ, PYTHONPATH=str(TESTS_DIR), FAKE_HANG="1:1")
     out_dir = tmp_path / "out"
+    # a shell that started the tests in the background ignores SIGINT, and a child inherits that: give the
+    # CLI the default SIGINT disposition, as a terminal would (Python then turns it into KeyboardInterrupt)
     proc = subprocess.Popen([sys.executable, "-c", code, "run", "--cf", str(CONFIG_DIR / "simulation_mpi.yaml"),
                              "--out", str(out_dir), "--set", "comm_round=3"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         while not (out_dir / "metrics.jsonl").exists():   # round 1 done, rank 1 now hangs
