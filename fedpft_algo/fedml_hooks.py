@@ -1,9 +1,10 @@
 """Making every FedML 0.9.6 path call the FedPFT hooks.
 
 * MPI simulation: FedML's ``FedAVGAggregator.aggregate`` averages by itself and never calls the
-  ``ServerAggregator``'s ``on_before_aggregation / aggregate / on_after_aggregation``.
-  :func:`install_mpi_simulation_hooks` swaps in a subclass that does (FedML looks the class up
-  in ``FedAvgAPI``'s module namespace when the server starts).
+  ``ServerAggregator``'s ``on_before_aggregation / aggregate / on_after_aggregation``, and its
+  ``FedAVGTrainer`` never tells the ``ClientTrainer`` which client it plays.
+  :func:`install_mpi_simulation_hooks` swaps in subclasses that do (FedML looks the classes up
+  in ``FedAvgAPI``'s module namespace when the processes start).
 * cross-silo (MPI and GRPC): FedML calls all hooks itself; nothing to patch.
 * single process (``sp``): FedML's ``SimulatorSingleProcess`` ignores custom trainers and
   aggregators, so :class:`SingleProcessFlow` runs the same FedML objects in-process and is
@@ -49,7 +50,20 @@ def install_mpi_simulation_hooks() -> None:
             return sample_clients(round_idx + self.aggregator.settings.round_offset, client_num_in_total,
                                   client_num_per_round)
 
+    class IndexedFedAVGTrainer(FedAvgAPI.FedAVGTrainer):
+        """FedML's MPI-simulation client wrapper, telling the ClientTrainer which client it plays.
+
+        FedML switches a process between clients with ``update_dataset(client_index)`` but never calls
+        ``set_id``, so every client of a round would draw the same per-client seed (data order,
+        dropout, DP noise).
+        """
+
+        def update_dataset(self, client_index):
+            super().update_dataset(client_index)
+            self.trainer.set_id(int(client_index))
+
     FedAvgAPI.FedAVGAggregator = HookedFedAVGAggregator
+    FedAvgAPI.FedAVGTrainer = IndexedFedAVGTrainer
 
 
 def sample_clients(round_idx: int, client_num_in_total: int, client_num_per_round: int):
