@@ -44,7 +44,7 @@ from torch import nn
 from .alignment import AlignmentReport, _distil, _OnlyTrain, evaluate_alignment
 from .arch import arch_of, find_layers, get_arch
 from .config import FedPFTConfig
-from .lora import is_trainable_name, lora_config
+from .lora import copy_checked_, is_trainable_name, lora_config
 
 logger = logging.getLogger(__name__)
 
@@ -219,13 +219,7 @@ def plug_in_mapped_(full_model: nn.Module, state: Mapping[str, torch.Tensor], la
     missing = sorted(head - set(mapped))
     if unknown or missing:
         raise KeyError(f"mapped plug-in keys do not match the FM: unknown {unknown[:3]}, missing head {missing[:3]}")
-    for name, tensor in mapped.items():
-        if tuple(tensor.shape) != tuple(own[name].shape):
-            raise ValueError(f"plug-in shape mismatch for {name}: got {tuple(tensor.shape)}, "
-                             f"FM has {tuple(own[name].shape)}")
-    with torch.no_grad():
-        for name, tensor in mapped.items():
-            own[name].copy_(tensor)
+    copy_checked_(own, mapped, "FM")
 
 
 # ---------------------------------------------------------------------- distillation

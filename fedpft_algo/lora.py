@@ -62,10 +62,16 @@ def plug_in_(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     missing = sorted(set(own) - set(state))
     if unknown or missing:
         raise KeyError(f"plug-in keys do not match the model: unknown {unknown[:3]}, missing {missing[:3]}")
+    copy_checked_(own, state, "model")
+
+
+def copy_checked_(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], holder: str) -> None:
+    """Copy every tensor of ``state`` into the same-named tensor of ``own`` (state_dict tensors, which share
+    storage with the parameters) after checking every shape first: all or nothing."""
     for name, tensor in state.items():
         if tuple(tensor.shape) != tuple(own[name].shape):
             raise ValueError(f"plug-in shape mismatch for {name}: got {tuple(tensor.shape)}, "
-                             f"model has {tuple(own[name].shape)}")
+                             f"{holder} has {tuple(own[name].shape)}")
     with torch.no_grad():
         for name, tensor in state.items():
-            own[name].copy_(tensor)  # state_dict tensors share storage with the parameters
+            own[name].copy_(tensor)

@@ -109,3 +109,15 @@ def minilm_2layer(tmp_path_factory):
     AutoModel.from_pretrained(resolve_model_dir("minilm-l6"), num_hidden_layers=2).save_pretrained(out)
     load_tokenizer("minilm-l6").save_pretrained(out)
     return out
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models: one torch thread is faster and robust on a shared 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+

@@ -11,12 +11,7 @@ from fedpft_algo.baselines import (BASELINES, FEDML_SP_DEFAULTS, FedMLClassifier
 from fedpft_algo.errors import ConfigError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_classifier_masks_padding_and_returns_the_fm_logits(make_tiny_model):

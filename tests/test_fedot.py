@@ -15,13 +15,7 @@ from fedpft_algo.lora import add_lora, is_trainable_name, plug_in_, trainable_st
 FEDOT = FedPFTConfig(method="fedot")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models: one thread is faster and robust on a shared 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("layers, kept_middle, expected", [

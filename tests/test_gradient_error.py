@@ -12,13 +12,7 @@ from fedpft_algo.gradient_error import GradientProbe, compare, probe_batch, trai
 from fedpft_algo.lora import add_lora, is_trainable_name, plug_in_, trainable_state
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models: one thread is faster and robust on a shared 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _batch(model, n=6, seed=1):
