@@ -16,6 +16,7 @@ test: setup
 
 bench:
 	bash scripts/setup_env.sh data
+	[ -d models/vit-small ] || $(PY) -m fedpft_algo.cli pretrain-vit --out models/vit-small
 	$(PY) -m fedpft_algo.cli bench --cf fedml_config/bench.yaml $(ARGS)
 
 compress: setup

@@ -1,7 +1,7 @@
 """``fedpft bench``: FedPFT against its ablations, the paper's baselines and FedML's own, side by side.
 
     fedpft bench --cf fedml_config/bench.yaml [--out DIR] [--smoke] [--methods a,b] [--tasks x,y]
-                 [--partitions homo,hetero:1] [--threads N] [--report-only]
+                 [--partitions homo,hetero:1] [--threads N] [--jobs N] [--report-only]
 
 The bench yaml is a FedML config (the base of every run) plus a ``bench:`` section::
 
@@ -13,6 +13,7 @@ The bench yaml is a FedML config (the base of every run) plus a ``bench:`` secti
       cell_timeout: 1800                   # seconds per cell
       probe_examples: 64                   # client-cost probe: one local epoch on this many examples
       threads: null                        # OMP_NUM_THREADS of every cell and probe (null: torch's default)
+      jobs: 1                              # cells side by side (threads default to cores // jobs; probes alone)
       baseline_args: {client_optimizer: adam, learning_rate: 5.0e-5, fedprox_mu: 0.01,
                       fednova: {learning_rate: 0.05}}       # {method: {...}}: for that baseline only
       vision: {model: null, task: fashion_mnist, methods: [...], set: {...}}   # a vision cell if model is set
@@ -37,9 +38,10 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import yaml
 
@@ -55,8 +57,10 @@ logger = logging.getLogger(__name__)
 RESULTS_JSON, PROBES_JSON, FAILURES_JSON = "results.json", "probes.json", "failures.json"
 
 
-def run_cell(spec: BenchSpec, cell: Cell, out: Path) -> Dict[str, Any]:
-    """Run one cell as its own sp subprocess; returns its record (raises launcher.RunFailed)."""
+def run_cell(spec: BenchSpec, cell: Cell, out: Path, stop: Optional[threading.Event] = None) -> Dict[str, Any]:
+    """Run one cell as its own sp subprocess; returns its record (raises launcher.RunFailed).
+
+    ``stop`` (set from another thread) ends the cell as Ctrl-C would."""
     from . import launcher
 
     config = cell_config(spec, cell, out / "cache")
@@ -79,12 +83,11 @@ def run_cell(spec: BenchSpec, cell: Cell, out: Path) -> Dict[str, Any]:
     if plan.backend != "sp" or plan.training_type != "simulation":
         raise ConfigError("bench cells run in FedML's single-process simulation: set training_type simulation, "
                           "backend sp in the bench yaml")
-    env_threads = {"OMP_NUM_THREADS": str(spec.threads)} if spec.threads else {}
-    with _env(env_threads), _quiet_launcher(baseline):
-        start = time.monotonic()
-        rounds = launcher.launch(plan, run_dir, timeout=spec.cell_timeout, round_timeout=spec.cell_timeout,
-                                 participant_module=module, progress=False)
-        wall = time.monotonic() - start
+    _QUIET.baseline = baseline
+    start = time.monotonic()
+    rounds = launcher.launch(plan, run_dir, timeout=spec.cell_timeout, round_timeout=spec.cell_timeout,
+                             participant_module=module, progress=False, stop=stop)
+    wall = time.monotonic() - start
     from .bench_report import cell_record
 
     record = cell_record(cell, rounds, wall)
@@ -93,23 +96,76 @@ def run_cell(spec: BenchSpec, cell: Cell, out: Path) -> Dict[str, Any]:
     return record
 
 
-class _NoFinalFilter(logging.Filter):
+class _QuietBaselines(logging.Filter):
+    """FedML's baselines have no LoRA + head to save: drop the launcher's warning about it (in the
+    thread running a baseline cell; cells run in threads of their own)."""
+
+    def __init__(self):
+        super().__init__()
+        self._local = threading.local()
+
+    @property
+    def baseline(self) -> bool:
+        return getattr(self._local, "baseline", False)
+
+    @baseline.setter
+    def baseline(self, value: bool) -> None:
+        self._local.baseline = value
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return "final/trainable.safetensors" not in record.getMessage()
+        return not (self.baseline and "final/trainable.safetensors" in record.getMessage())
 
 
-class _quiet_launcher:
-    """FedML's baselines have no LoRA + head to save: drop the launcher's warning about it."""
+_QUIET = _QuietBaselines()
+logging.getLogger("fedpft_algo.launcher").addFilter(_QUIET)
 
-    def __init__(self, active: bool):
-        self.active, self.filter = active, _NoFinalFilter()
 
-    def __enter__(self):
-        if self.active:
-            logging.getLogger("fedpft_algo.launcher").addFilter(self.filter)
+def _producers_first(spec: BenchSpec, cells):
+    """Cells whose runs fill the shared cache (the layer-aligned sub-FM, FedOT's distilled emulator)
+    first, one of each, so that cells side by side load the cache entry instead of waiting for it."""
+    first = {}
+    for cell in cells:
+        method = spec.base_method(cell.method)
+        if method not in BASELINES and FedPFTConfig(method=method).layer_alignment:
+            first.setdefault((cell.model, method == "fedot"), cell)
+    lead = list(first.values())
+    return lead + [c for c in cells if c not in lead]
 
-    def __exit__(self, *exc):
-        logging.getLogger("fedpft_algo.launcher").removeFilter(self.filter)
+
+def _run_cells(spec: BenchSpec, cells, out: Path, records, failures, bar) -> None:
+    """Run ``cells``, ``spec.jobs`` at a time, recording each as it finishes (in this thread)."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    from . import launcher
+    from .runlog import write_json_atomic
+
+    stop = threading.Event()
+    pending = list(cells)
+    running = {}
+    with ThreadPoolExecutor(max_workers=spec.jobs, thread_name_prefix="bench-cell") as pool:
+        try:
+            while pending or running:
+                while pending and len(running) < spec.jobs:
+                    cell = pending.pop(0)
+                    running[pool.submit(run_cell, spec, cell, out, stop)] = cell
+                bar.set_postfix_str(", ".join(c.id for c in running.values()))
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    cell = running.pop(future)
+                    try:
+                        records[cell.id] = future.result()
+                        write_json_atomic(out / RESULTS_JSON, list(records.values()))
+                    except launcher.RunFailed as exc:
+                        failures[cell.id] = f"RunFailed: {exc}"
+                        logger.warning("cell %s failed: %s", cell.id, exc)
+                    except Exception as exc:  # noqa: BLE001 - one failed cell must not stop the matrix
+                        failures[cell.id] = f"{type(exc).__name__}: {exc}"
+                        logger.warning("cell %s failed: %s", cell.id, exc)
+                    bar.update(1)
+        except KeyboardInterrupt:  # Ctrl-C / SIGTERM: stop the running cells' processes, then the bench
+            stop.set()
+            wait(running)
+            raise
 
 
 class _env:
@@ -140,6 +196,10 @@ def run_probe(spec: BenchSpec, model: str, kind: str, task: str, timeout: float)
                "--full-learning-rate", str(spec.baseline_args.get("learning_rate", 5e-5)),
                "--fedprox-mu", str(spec.baseline_args.get("fedprox_mu", 0.01))]
     env = dict(os.environ, HF_HUB_OFFLINE="1", **({"OMP_NUM_THREADS": str(spec.threads)} if spec.threads else {}))
+    # glibc otherwise raises its mmap threshold as large buffers are freed and keeps later activation buffers
+    # on its heap after they are freed: peak RSS would then measure the allocator's history (it grew by
+    # ~150 MB over one epoch for every kind), not what one training step needs at once.
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(64 * 1024))
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -185,6 +245,7 @@ def run_bench(spec: BenchSpec, out: Path, *, methods=None, tasks=None, partition
     bar = tqdm(total=len(todo) + len(wanted_probes), unit="cell", desc="fedpft bench",
                disable=None if progress else True)
     interrupted = False
+    restore = launcher._raise_on_sigterm()   # SIGTERM stops the bench like Ctrl-C
     try:
         for model, kind in wanted_probes:
             bar.set_postfix_str(f"probe {kind}")
@@ -195,31 +256,23 @@ def run_bench(spec: BenchSpec, out: Path, *, methods=None, tasks=None, partition
                 failures[f"probe {model}|{kind}"] = str(exc)
                 logger.warning("%s", exc)
             bar.update(1)
-        for cell in todo:
-            bar.set_postfix_str(cell.id)
-            try:
-                records[cell.id] = run_cell(spec, cell, out)
-                write_json_atomic(out / RESULTS_JSON, list(records.values()))
-            except launcher.RunFailed as exc:
-                if str(exc).startswith("interrupted"):  # Ctrl-C / SIGTERM reached the launcher: stop the bench
-                    raise KeyboardInterrupt from None
-                failures[cell.id] = f"RunFailed: {exc}"
-                logger.warning("cell %s failed: %s", cell.id, exc)
-            except Exception as exc:  # noqa: BLE001 - one failed cell must not stop the matrix
-                failures[cell.id] = f"{type(exc).__name__}: {exc}"
-                logger.warning("cell %s failed: %s", cell.id, exc)
-            bar.update(1)
+        threads = spec.threads or (max(1, (os.cpu_count() or 1) // spec.jobs) if spec.jobs > 1 else None)
+        with _env({"OMP_NUM_THREADS": str(threads)} if threads else {}):
+            _run_cells(spec, _producers_first(spec, todo), out, records, failures, bar)
     except KeyboardInterrupt:
         interrupted = True
     finally:
+        restore()
         bar.close()
     if execute:
         write_json_atomic(out / FAILURES_JSON, failures)
-    wanted = {c.id for c in cells}
-    finished = [r for r in records.values() if r["cell"] in wanted]
-    paths = write_report(out, finished, probes, notes=notes + [f"failed: {k}: {v}" for k, v in failures.items()])
-    return {"cells": len(cells), "ran": len(todo), "finished": len(finished), "failures": failures,
-            "notes": notes, "paths": paths, "interrupted": interrupted}
+    # The report covers every finished cell of the whole suite, also when this call ran a part of it
+    suite = plan_cells(spec)[0] if (methods or tasks or partitions) else cells
+    suite_ids = {c.id for c in suite}
+    paths = write_report(out, [r for r in records.values() if r["cell"] in suite_ids], probes,
+                         notes=notes + [f"failed: {k}: {v}" for k, v in failures.items()])
+    return {"cells": len(cells), "ran": len(todo), "finished": sum(c.id in records for c in cells),
+            "failures": failures, "notes": notes, "paths": paths, "interrupted": interrupted}
 
 
 # ---------------------------------------------------------------------- command line
@@ -235,6 +288,8 @@ def add_arguments(parser) -> None:
                         help="run nothing: rewrite the report from the cells finished in --out")
     parser.add_argument("--threads", type=int, metavar="N", help="torch threads per cell and probe process "
                         "(OMP_NUM_THREADS; overrides bench.threads; 1 is faster on a busy machine)")
+    parser.add_argument("--jobs", type=int, metavar="N", help="cells run side by side (overrides bench.jobs; "
+                        "each gets cores // N torch threads unless --threads is given; probes always run alone)")
 
 
 def run(args) -> int:
@@ -243,6 +298,10 @@ def run(args) -> int:
         if args.threads < 1:
             raise ConfigError(f"--threads {args.threads}: expected an integer >= 1")
         spec.threads = args.threads
+    if args.jobs is not None:
+        if args.jobs < 1:
+            raise ConfigError(f"--jobs {args.jobs}: expected an integer >= 1")
+        spec.jobs = args.jobs
     split = lambda text: [s.strip() for s in text.split(",") if s.strip()] if text else None  # noqa: E731
     for option, chosen, allowed in (("--methods", split(args.methods), spec.methods),
                                     ("--tasks", split(args.tasks), spec.tasks)):

@@ -167,10 +167,14 @@ def targets(records, probes) -> List[Dict[str, Any]]:
     if fedpft_up and fedavg_up:
         add("upload per client per round, FedPFT / full-model FedAvg", fedpft_up / fedavg_up, "<= 1 %",
             fedpft_up / fedavg_up <= 0.01, "ratio")
-    share = _mean(r["neuron_align_seconds"] / r["wall_seconds"] for r in records
-                  if r["method"] == "fedpft" and r["wall_seconds"])
+    fedpft_runs = [r for r in records if r["method"] == "fedpft" and r["wall_seconds"]]
+    share = _mean(r["neuron_align_seconds"] / r["wall_seconds"] for r in fedpft_runs)
     if share is not None:
-        add("neuron-level alignment share of a FedPFT run's wall time", share, "<= 15 %", share <= 0.15, "ratio")
+        shapes = sorted({(sum(e is not None for e in r.get("grad_rel_error_after_per_round") or ()), r["rounds"])
+                         for r in fedpft_runs})
+        shape = ", ".join(f"{n} alignment(s) in {rounds} rounds" for n, rounds in shapes)
+        add(f"neuron-level alignment share of a FedPFT run's wall time ({shape}; the goal is for t = 10)", share,
+            "<= 15 %", share <= 0.15, "ratio")
     means = {m: _mean(r["final_accuracy"] for r in records if r["method"] == m)
              for m in ("fedpft", "fedpft_b", "fedpft_d", "fedpft_n")}
     if all(v is not None for v in means.values()):

@@ -22,7 +22,7 @@ from .errors import ConfigError, FedPFTError
 
 ALL_METHODS = METHODS + tuple(BASELINES)
 _BENCH_KEYS = {"methods", "tasks", "partitions", "seeds", "cell_timeout", "probe_examples", "baseline_args",
-               "vision", "smoke", "threads", "variants"}
+               "vision", "smoke", "threads", "jobs", "variants"}
 _SMOKE_DEFAULT = {"methods": 3, "tasks": 1, "partitions": 1, "seeds": 1, "probe_examples": 32,
                   "set": {"comm_round": 2, "client_num_in_total": 4, "client_num_per_round": 2,
                           "max_train_examples": 200, "max_test_examples": 100, "fedpft_layer_align_steps": 5,
@@ -58,6 +58,7 @@ class BenchSpec:
     baseline_args: Dict[str, Any] = field(default_factory=dict)
     vision: Dict[str, Any] = field(default_factory=dict)
     threads: Optional[int] = None
+    jobs: int = 1                            # cells run side by side (each with cores // jobs threads)
     # name -> (method it runs, FedML/fedpft_* keys it changes): e.g. the APoZ-vs-mean_abs and t / p studies
     variants: Dict[str, Tuple[str, Tuple[Tuple[str, Any], ...]]] = field(default_factory=dict)
 
@@ -83,6 +84,10 @@ def load_spec(path: os.PathLike, *, smoke: bool = False) -> BenchSpec:
     if unknown:
         raise ConfigError(f"config file {path}: unknown bench key(s) {unknown}: expected {sorted(_BENCH_KEYS)}")
     resolve_paths(config, path.parent)
+    vision = bench.get("vision")
+    if isinstance(vision, dict) and vision.get("model"):  # a directory, relative to the bench yaml
+        model = Path(str(vision["model"])).expanduser()
+        bench["vision"] = dict(vision, model=str(model if model.is_absolute() else path.parent / model))
     if smoke:
         bench = _apply_smoke(bench, config)
     variants = _variants(bench, config)
@@ -93,14 +98,19 @@ def load_spec(path: os.PathLike, *, smoke: bool = False) -> BenchSpec:
                      cell_timeout=float(bench.get("cell_timeout", 1800)),
                      probe_examples=_int(bench.get("probe_examples", 64), "probe_examples"),
                      baseline_args=dict(bench.get("baseline_args") or {}), vision=dict(bench.get("vision") or {}),
-                     threads=bench.get("threads"), variants=variants)
-    if spec.threads is not None and (isinstance(spec.threads, bool) or not isinstance(spec.threads, int)
-                                     or spec.threads < 1):
-        raise ConfigError(f"bench.threads={spec.threads!r} is not allowed: expected an integer >= 1 or null")
+                     threads=bench.get("threads"), jobs=bench.get("jobs", 1), variants=variants)
+    if spec.threads is not None:
+        _check_positive_int("threads", spec.threads, "an integer >= 1 or null")
+    _check_positive_int("jobs", spec.jobs, "an integer >= 1")
     if not spec.cell_timeout > 0:
         raise ConfigError(f"bench.cell_timeout={spec.cell_timeout!r} is not allowed: expected seconds > 0")
     FedPFTConfig.from_args(_namespace(_flat(config)))  # the base fedpft_args must be valid
     return spec
+
+
+def _check_positive_int(key: str, value: Any, allowed: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"bench.{key}={value!r} is not allowed: expected {allowed}")
 
 
 def _variants(bench, config) -> Dict[str, Tuple[str, Tuple[Tuple[str, Any], ...]]]:
@@ -225,7 +235,10 @@ def plan_cells(spec: BenchSpec, methods: Optional[Sequence[str]] = None, tasks: 
              for t in available for p in chosen for s in spec.seeds for m in spec.methods
              if not methods or m in methods]
     vision = spec.vision
-    if vision.get("model"):
+    if vision.get("model") and not Path(vision["model"]).is_dir():
+        notes.append(f"vision cells skipped: bench.vision.model {vision['model']} is not a directory "
+                     f"(`fedpft pretrain-vit --out {vision['model']}` makes one)")
+    elif vision.get("model"):
         overrides = tuple(sorted((vision.get("set") or {}).items()))
         for m in vision.get("methods") or spec.methods:
             if not methods or m in methods:

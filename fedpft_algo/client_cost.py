@@ -17,8 +17,8 @@ kind            client model                                           trains (o
 
 It trains one local epoch on ``examples`` real task examples (after one untimed warm-up step),
 ``repeats`` times, and prints one JSON line: the fastest epoch's seconds (the least disturbed by
-other processes on a shared machine; every repeat is listed too), peak RSS (``ru_maxrss``) and the RSS before the model
-was built, parameter counts, the client model's bytes (its first download) and the per-token
+other processes on a shared machine; every repeat is listed too), peak RSS (``ru_maxrss``), the RSS
+before the model was built (interpreter, torch, data) and right after, parameter counts, the client model's bytes (its first download) and the per-token
 FLOPs of its transformer layers (:func:`fedpft_algo.compression.flops_per_token`). ``fedml`` is
 not imported (a FedML client process carries ~460 MB more, the same for every method).
 
@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Dict
 
 KINDS = ("sub_model", "emulator", "full_lora", "full_model", "full_prox")
@@ -43,6 +45,15 @@ def peak_rss_mb() -> float:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def current_rss_mb() -> float:
+    """Resident memory of this process now (MiB; Linux ``/proc``, else the peak so far)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return peak_rss_mb()
+    return pages * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
 
 
 def kind_of(method: str) -> str:
@@ -93,6 +104,7 @@ def probe(model: str, kind: str, task: str, *, examples: int = 64, batch_size: i
     base_rss = peak_rss_mb()
     torch.manual_seed(seed)
     client, skeleton = _client_model(kind, model_config, config)
+    built_rss = current_rss_mb()
     client.train()
     params = [p for p in client.parameters() if p.requires_grad]
     full = kind in ("full_model", "full_prox")
@@ -123,7 +135,7 @@ def probe(model: str, kind: str, task: str, *, examples: int = 64, batch_size: i
     return {
         "model": model, "kind": kind, "task": task, "examples": len(data.train_labels), "steps": steps,
         "batch_size": batch_size, "max_length": max_length, "epoch_seconds": seconds, "epoch_seconds_all": times,
-        "peak_rss_mb": peak_rss_mb(), "base_rss_mb": base_rss,
+        "peak_rss_mb": peak_rss_mb(), "base_rss_mb": base_rss, "built_rss_mb": built_rss,
         "total_parameters": count_parameters(client), "trainable_parameters": sum(p.numel() for p in params),
         "client_model_bytes": sum(t.numel() * t.element_size() for t in client.state_dict().values()),
         "flops_per_token": flops_per_token(skeleton, max_length),

@@ -268,31 +268,24 @@ def prepare_emulator(full_model: nn.Module, config: FedPFTConfig, public_batches
 
     Returns ``(emulator, {}, report, from_cache)`` in the shape of :func:`proxy.prepare_sub_model`.
     """
-    from safetensors.torch import load_file
-
-    from .proxy import cache_key
+    from .proxy import cache_key, load_or_align
 
     emulator = build_emulator(full_model, config)
     if not config.layer_alignment:
         return emulator, {}, None, False
     layer_map = emulator_layer_map(emulator.config)
+
+    def align():
+        full_model.to(device)
+        emulator.to(device)
+        return align_emulator_(full_model, emulator, public_batches, eval_batches, steps=config.layer_align_steps,
+                               lr=config.layer_align_lr, weight_decay=config.layer_align_weight_decay,
+                               warmup_ratio=config.layer_align_warmup_ratio,
+                               max_grad_norm=config.align_max_grad_norm, device=device)
+
     path = None
     if cache_dir is not None:
         key = cache_key(full_model, config, f"{cache_extra}|fedot-emulator:{list(layer_map)}")
         path = Path(cache_dir) / "emulators" / f"{key}.safetensors"
-        if path.exists():
-            missing = emulator.load_state_dict(load_file(str(path)), strict=False)
-            assert not missing.unexpected_keys, f"cached emulator has unknown tensors {missing.unexpected_keys[:3]}"
-            logger.info("FedOT emulator: reusing cached distillation %s", path)
-            return emulator, {}, None, True
-    full_model.to(device)
-    emulator.to(device)
-    report = align_emulator_(full_model, emulator, public_batches, eval_batches, steps=config.layer_align_steps,
-                             lr=config.layer_align_lr, weight_decay=config.layer_align_weight_decay,
-                             warmup_ratio=config.layer_align_warmup_ratio,
-                             max_grad_norm=config.align_max_grad_norm, device=device)
-    if path is not None:
-        from .proxy import save_tensors_atomic
-
-        save_tensors_atomic(emulator, report.changed, path)
-    return emulator, {}, report, False
+    report, from_cache = load_or_align(emulator, path, align, "FedOT emulator distillation")
+    return emulator, {}, report, from_cache

@@ -459,13 +459,14 @@ def prepare_run_dir(plan: RunPlan, run_dir: Path) -> Path:
 
 def launch(plan: RunPlan, run_dir: os.PathLike, *, timeout: float = 3600.0, round_timeout: float = 900.0,
            participant_module: Optional[str] = None, kill_grace: float = 10.0,
-           progress: bool = True) -> List[Dict[str, Any]]:
+           progress: bool = True, stop: Optional[threading.Event] = None) -> List[Dict[str, Any]]:
     """Run ``plan`` in ``run_dir`` (which must exist) and return the per-round metrics.
 
     ``timeout`` bounds the whole run; ``round_timeout`` bounds the time without a new metrics line
     once the first round has started, and the wait for the GRPC server to listen.
     ``participant_module`` (default :data:`PARTICIPANT_MODULE`, looked up at call time) and
-    ``kill_grace`` (seconds between SIGTERM and SIGKILL) exist for tests. Raises :class:`RunFailed`;
+    ``kill_grace`` (seconds between SIGTERM and SIGKILL) exist for tests. ``stop``, when set by another
+    thread (the bench runs cells side by side), ends the run as Ctrl-C does. Raises :class:`RunFailed`;
     every started process is stopped before this returns or raises.
     """
     run_dir = Path(run_dir).resolve()
@@ -495,7 +496,7 @@ def launch(plan: RunPlan, run_dir: os.PathLike, *, timeout: float = 3600.0, roun
             for rank in range(1, plan.num_clients + 1):
                 args = ["--rank", str(rank), "--role", "client"]
                 procs.append(_start("client", rank, command + args, run_dir, env))
-        _monitor(plan, procs, run_dir, state, deadline, timeout, round_timeout, bar, progress)
+        _monitor(plan, procs, run_dir, state, deadline, timeout, round_timeout, bar, progress, stop)
         return state.rounds
     except KeyboardInterrupt:
         raise RunFailed(f"interrupted after {time.monotonic() - started:.0f} s; stopped every participant; "
@@ -507,7 +508,7 @@ def launch(plan: RunPlan, run_dir: os.PathLike, *, timeout: float = 3600.0, roun
         restore()
 
 
-def _monitor(plan, procs, run_dir, state, deadline, timeout, round_timeout, bar, progress) -> None:
+def _monitor(plan, procs, run_dir, state, deadline, timeout, round_timeout, bar, progress, stop=None) -> None:
     tail = MetricsTail(run_dir / METRICS_JSONL)
 
     def read_metrics() -> None:
@@ -518,6 +519,8 @@ def _monitor(plan, procs, run_dir, state, deadline, timeout, round_timeout, bar,
             _say(format_round(record, len(state.rounds), plan.comm_round), progress)
 
     while True:
+        if stop is not None and stop.is_set():
+            raise KeyboardInterrupt
         read_metrics()
         if state.last_progress is None and any(s.get("phase") in ("training", "done")
                                                for s in read_statuses(run_dir).values()):

@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 from safetensors.torch import load_file
 from torch import nn
@@ -73,22 +73,41 @@ def prepare_sub_model(full_model: nn.Module, config: FedPFTConfig, public_batche
     if not config.layer_alignment:
         return sub_model, keep_index, None, False
     layers = config.compressed_layers(num_layers(full_model.config))
+
+    def align() -> AlignmentReport:
+        full_model.to(device)
+        sub_model.to(device)
+        return align_layers_(full_model, sub_model, public_batches, eval_batches, layers,
+                             steps=config.layer_align_steps, lr=config.layer_align_lr,
+                             weight_decay=config.layer_align_weight_decay,
+                             warmup_ratio=config.layer_align_warmup_ratio,
+                             max_grad_norm=config.align_max_grad_norm, device=device)
+
     path = None
     if cache_dir is not None:
         path = Path(cache_dir) / "sub_models" / f"{cache_key(full_model, config, cache_extra)}.safetensors"
+    report, from_cache = load_or_align(sub_model, path, align, "layer-level alignment")
+    return sub_model, keep_index, report, from_cache
+
+
+def load_or_align(model: nn.Module, path: Optional[Path], align: Callable[[], AlignmentReport],
+                  what: str) -> Tuple[Optional[AlignmentReport], bool]:
+    """Load ``model``'s aligned tensors from the cache file ``path``, or run ``align()`` and cache
+    what it changed. Returns ``(report, from_cache)`` (``report`` is ``None`` when loaded).
+
+    Processes sharing the cache (bench cells side by side) take a lock on the entry first, so
+    one aligns and the others wait and load its result instead of aligning again.
+    """
+    if path is None:
+        return align(), False
+    from .runlog import file_lock
+
+    with file_lock(path.with_name(path.name + ".lock")):
         if path.exists():
-            aligned = load_file(str(path))
-            missing = sub_model.load_state_dict(aligned, strict=False)
-            assert not missing.unexpected_keys, f"cached sub-FM has unknown tensors {missing.unexpected_keys[:3]}"
-            logger.info("layer-level alignment: reusing cached sub-FM %s", path)
-            return sub_model, keep_index, None, True
-    full_model.to(device)
-    sub_model.to(device)
-    report = align_layers_(full_model, sub_model, public_batches, eval_batches, layers,
-                           steps=config.layer_align_steps, lr=config.layer_align_lr,
-                           weight_decay=config.layer_align_weight_decay,
-                           warmup_ratio=config.layer_align_warmup_ratio,
-                           max_grad_norm=config.align_max_grad_norm, device=device)
-    if path is not None:
-        save_tensors_atomic(sub_model, report.changed, path)
-    return sub_model, keep_index, report, False
+            missing = model.load_state_dict(load_file(str(path)), strict=False)
+            assert not missing.unexpected_keys, f"cached {what} has unknown tensors {missing.unexpected_keys[:3]}"
+            logger.info("%s: reusing cached %s", what, path)
+            return None, True
+        report = align()
+        save_tensors_atomic(model, report.changed, path)
+        return report, False

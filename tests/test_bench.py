@@ -29,6 +29,7 @@ def _bench_yaml(tmp_path, model="minilm-l6", **bench):
         "comm_args": {"backend": "sp"},
         "tracking_args": {"enable_tracking": False, "enable_wandb": False, "log_file_dir": "./logs"},
         "fedpft_args": {"fedpft_method": "fedpft", "fedpft_public_size": 60, "fedpft_max_length": 32,
+                        "fedpft_retained_layers": [0],  # a 2-layer test model: compress the last layer
                         "fedpft_layer_align_steps": 2},
     }
     path = tmp_path / "bench.yaml"
@@ -43,6 +44,8 @@ def _bench_yaml(tmp_path, model="minilm-l6", **bench):
     ({"seeds": []}, "non-empty list"),
     ({"cell_timeout": 0}, "cell_timeout"),
     ({"threads": 0}, "bench.threads"),
+    ({"jobs": 0}, "bench.jobs=0 is not allowed"),
+    ({"jobs": "two"}, "bench.jobs='two' is not allowed"),
     ({"colour": "blue"}, "unknown bench key"),
     ({"variants": {"fedpft": {"method": "fedpft"}}}, "expected a new name"),
     ({"variants": {"fedpft_x": {"method": "fedsgd"}}}, r"bench.variants.fedpft_x: expected \{method"),
@@ -128,25 +131,35 @@ def test_records_summarise_rounds_and_gaps_pair_cells():
 
 
 def test_tiny_bench_end_to_end_writes_results_and_resumes(minilm_2layer, tmp_path, monkeypatch):
-    # Prepare: 2 cells (FedPFT_N, IID and Dirichlet), 2-layer MiniLM; FedML's baselines: test_baselines.py
+    # Prepare: 4 cells (FedPFT_N and FedPFT_B, IID and Dirichlet), 2 side by side sharing one cache;
+    # 2-layer MiniLM; FedML's baselines: test_baselines.py
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    spec = load_spec(_bench_yaml(tmp_path, model=str(minilm_2layer), methods=["fedpft_n"],
-                                 partitions=["homo", "hetero:1"]))
+    spec = load_spec(_bench_yaml(tmp_path, model=str(minilm_2layer), methods=["fedpft_n", "fedpft_b"],
+                                 partitions=["homo", "hetero:1"], jobs=2))
     out = tmp_path / "out"
 
-    # Execute
+    # Execute: the Dirichlet part first, then the whole suite (which runs only the IID part)
+    part = run_bench(spec, out, partitions=["hetero:1"], progress=False)
+    part_records = json.loads((out / "results.json").read_text())
     summary = run_bench(spec, out, progress=False)
 
-    # Assert: both cells finished; the records carry every required key; report files exist
-    assert summary["failures"] == {} and summary["finished"] == 2
+    # Assert: every cell finished; the first part's records stayed in results.json; the records carry every required key; report files exist
+    assert part["ran"] == 2 and part["finished"] == 2 and len(part_records) == 2
+    assert summary["failures"] == {} and summary["ran"] == 2 and summary["finished"] == 4
     records = json.loads((out / "results.json").read_text())
-    assert sorted(r["partition"] for r in records) == ["hetero:1", "homo"]
+    assert all(r in records for r in part_records)
+    assert sorted((r["method"], r["partition"]) for r in records) == [
+        ("fedpft_b", "hetero:1"), ("fedpft_b", "homo"), ("fedpft_n", "hetero:1"), ("fedpft_n", "homo")]
     for record in records:
         missing = [k for k in REQUIRED if k not in record]
         assert not missing, missing
         assert record["client_epoch_seconds"] > 0 and record["client_peak_mem_mb"] > 0
         assert 0 < record["upload_bytes_per_client_round"] < 1_000_000  # LoRA + head only
         assert record["grad_rel_error_final"] is not None
+    # the layer-aligned sub-FM was distilled by one FedPFT_B cell and loaded from the cache by the other
+    aligned = sorted(r["layer_align_seconds"] > 0 for r in records if r["method"] == "fedpft_b")
+    assert aligned == [False, True]
+    assert len(list((out / "cache").rglob("sub_models/*.safetensors"))) == 1
     for name in ("results.csv", "results.md", "accuracy_per_round.png", "client_cost.png"):
         assert (out / name).exists(), name
     assert "## Targets" in (out / "results.md").read_text()
@@ -155,7 +168,7 @@ def test_tiny_bench_end_to_end_writes_results_and_resumes(minilm_2layer, tmp_pat
     stamps = {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*/metrics.jsonl")}
     again = run_bench(spec, out, progress=False)
 
-    assert again["ran"] == 0 and again["finished"] == 2
+    assert again["ran"] == 0 and again["finished"] == 4
     assert stamps == {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*/metrics.jsonl")}
 
 
@@ -171,3 +184,15 @@ def test_variants_run_their_method_with_their_settings(tmp_path):
                                              "fedpft_p08": ("fedpft", "apoz", 0.8)}
     assert len({c.id for c in cells}) == 3
 
+
+
+@pytest.mark.parametrize("option, message", [(["--jobs", "0"], "--jobs 0: expected an integer >= 1"),
+                                             (["--threads", "0"], "--threads 0: expected an integer >= 1"),
+                                             (["--tasks", "imdb"], "--tasks: ['imdb'] not in the suite")])
+def test_bench_cli_bad_option_exits_2_with_one_line_and_runs_nothing(tmp_path, capsys, option, message):
+    from fedpft_algo import cli
+
+    code = cli.main(["bench", "--cf", str(_bench_yaml(tmp_path)), "--out", str(tmp_path / "out"), *option])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "out").exists()
