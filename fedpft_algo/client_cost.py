@@ -83,7 +83,7 @@ def _client_model(kind: str, model_config, config):
 
 def probe(model: str, kind: str, task: str, *, examples: int = 64, batch_size: int = 16, max_length: int = 64,
           config_values: Dict = None, learning_rate: float = 8e-4, full_learning_rate: float = 5e-5,
-          fedprox_mu: float = 0.01, seed: int = 0, repeats: int = 3) -> Dict:
+          fedprox_mu: float = 0.01, seed: int = 0, repeats: int = 3, profile: bool = False) -> Dict:
     import torch
 
     from .compression import count_parameters, flops_per_token
@@ -104,6 +104,10 @@ def probe(model: str, kind: str, task: str, *, examples: int = 64, batch_size: i
     base_rss = peak_rss_mb()
     torch.manual_seed(seed)
     client, skeleton = _client_model(kind, model_config, config)
+    if config.gradient_checkpointing and kind not in ("full_model", "full_prox"):  # as FedPFTTrainer does
+        from .lora import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(client)
     built_rss = current_rss_mb()
     client.train()
     params = [p for p in client.parameters() if p.requires_grad]
@@ -132,6 +136,7 @@ def probe(model: str, kind: str, task: str, *, examples: int = 64, batch_size: i
             steps += 1
         times.append(time.perf_counter() - start)
     seconds = min(times)
+    extra = {"profile_top_ops": _profile(loader, step)} if profile else {}
     return {
         "model": model, "kind": kind, "task": task, "examples": len(data.train_labels), "steps": steps,
         "batch_size": batch_size, "max_length": max_length, "epoch_seconds": seconds, "epoch_seconds_all": times,
@@ -139,8 +144,23 @@ def probe(model: str, kind: str, task: str, *, examples: int = 64, batch_size: i
         "total_parameters": count_parameters(client), "trainable_parameters": sum(p.numel() for p in params),
         "client_model_bytes": sum(t.numel() * t.element_size() for t in client.state_dict().values()),
         "flops_per_token": flops_per_token(skeleton, max_length),
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), **extra,
     }
+
+
+def _profile(loader, step, top: int = 15) -> Dict[str, float]:
+    """One more epoch under ``torch.profiler``: self CPU seconds of the ``top`` costliest operators
+    (where the time goes: the matmuls FedPFT shrinks, or what it leaves as it is)."""
+    import torch
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for batch in loader:
+            step(batch)
+    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in ops)
+    result = {e.key: e.self_cpu_time_total / 1e6 for e in ops[:top]}
+    result["(all operators)"] = total / 1e6
+    return result
 
 
 def main(argv=None) -> int:
@@ -157,11 +177,13 @@ def main(argv=None) -> int:
     parser.add_argument("--fedprox-mu", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3, help="epochs timed; the fastest is reported")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile one epoch (torch.profiler): self CPU seconds of the costliest operators")
     args = parser.parse_args(argv)
     result = probe(args.model, args.kind, args.task, examples=args.examples, batch_size=args.batch_size,
                    max_length=args.max_length, config_values=json.loads(args.config_json),
                    learning_rate=args.learning_rate, full_learning_rate=args.full_learning_rate,
-                   fedprox_mu=args.fedprox_mu, seed=args.seed, repeats=args.repeats)
+                   fedprox_mu=args.fedprox_mu, seed=args.seed, repeats=args.repeats, profile=args.profile)
     print(json.dumps(result), flush=True)  # the CLI output of this entry point: one JSON line
     return 0
 

@@ -38,6 +38,9 @@ class FedPFTConfig:
     lora_r: int = 8
     lora_alpha: int = 48
     lora_dropout: float = 0.1
+    # Recompute each layer's activations in the backward pass instead of keeping them (transformers'
+    # gradient checkpointing) on clients, FedPFT's and FedPETuning's alike: less client memory, more time.
+    gradient_checkpointing: bool = False
     # How the server averages client uploads: by sample count (the paper) or a plain mean.
     aggregation: str = "weighted"
 
@@ -218,6 +221,9 @@ def _check_types(config: FedPFTConfig) -> None:
             # NaN compares False with everything, so it would slip through every range check below
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
             allowed = "a number"
+        elif hint is bool:
+            ok = isinstance(value, bool)
+            allowed = "true or false"
         elif hint is str:
             ok = isinstance(value, str)
             allowed = "a string"

@@ -75,3 +75,33 @@ def copy_checked_(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Ten
     with torch.no_grad():
         for name, tensor in state.items():
             own[name].copy_(tensor)
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> int:
+    """Recompute every transformer layer's activations in the backward pass instead of keeping them.
+
+    ``torch.utils.checkpoint`` (non-reentrant: frozen inputs need no ``requires_grad``, dropout is
+    replayed from the saved RNG state) around each layer's ``forward``, in place, so parameter names do
+    not change. It is what transformers' ``gradient_checkpointing_enable`` does, for every architecture
+    of the registry: transformers refuses it for MPNet. Active only in training mode with gradients on.
+    Returns the number of layers wrapped now (0 when already enabled).
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    from .arch import find_layers
+
+    wrapped = 0
+    for layer in find_layers(model):
+        if getattr(layer, "_fedpft_checkpointed", False):
+            continue
+        forward = layer.forward
+
+        def checkpointed(*args, _forward=forward, _layer=layer, **kwargs):
+            if _layer.training and torch.is_grad_enabled():
+                return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+            return _forward(*args, **kwargs)
+
+        layer.forward = checkpointed
+        layer._fedpft_checkpointed = True
+        wrapped += 1
+    return wrapped

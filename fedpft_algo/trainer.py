@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 
 from .compat import load_fedml
-from .lora import trainable_state
+from .lora import enable_gradient_checkpointing, trainable_state
 from .privacy import clip_and_noise
 from .payload import CONTROL_PREFIX, METRICS_PREFIX, load_payload_, split_prefixed
 from .settings import RunSettings, reseed_
@@ -95,6 +95,8 @@ class FedPFTTrainer(ClientTrainer):
         reseed_(settings.round_seed(self.round_idx, f"client{self.id}"), train_data)
         model = self.model.to(device)
         model.train()
+        if settings.fedpft.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
         start = time.perf_counter()

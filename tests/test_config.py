@@ -55,6 +55,8 @@ BAD_VALUES = [
     ("retained_layers", (0, 1.5), "fedpft_retained_layers=(0, 1.5)"),
     ("public_dataset", 5, "fedpft_public_dataset=5"),
     ("cache_dir", None, "fedpft_cache_dir=None"),
+    ("gradient_checkpointing", "yes", "fedpft_gradient_checkpointing='yes'"),
+    ("gradient_checkpointing", 1, "fedpft_gradient_checkpointing=1"),
 ]
 
 
