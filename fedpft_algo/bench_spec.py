@@ -143,6 +143,7 @@ def _variants(bench, config) -> Dict[str, Tuple[str, Tuple[Tuple[str, Any], ...]
 def _apply_smoke(bench: Dict[str, Any], config: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
     smoke = bench.get("smoke") or _SMOKE_DEFAULT
     bench = dict(bench)
+    bench.pop("vision", None)  # the smoke suite is text only unless its section names vision cells
     for key, value in smoke.items():
         if key == "set":
             for name, setting in value.items():

@@ -104,12 +104,17 @@ def test_baseline_args_nested_under_a_method_apply_to_that_baseline_only(tmp_pat
 
 
 def test_smoke_applies_its_overrides(tmp_path):
+    (tmp_path / "vit").mkdir()
     path = _bench_yaml(tmp_path, methods=["fedpft", "fedot", "fedavg", "fedprox"],
-                       smoke={"methods": 2, "set": {"comm_round": 2, "fedpft_neuron_align_steps": 1}})
+                       smoke={"methods": 2, "set": {"comm_round": 2, "fedpft_neuron_align_steps": 1}},
+                       vision={"model": "vit", "task": "digits", "methods": ["fedpft"]})
 
     spec = load_spec(path, smoke=True)
+    full = load_spec(path)
 
-    assert spec.methods == ["fedpft", "fedot"]
+    assert spec.methods == ["fedpft", "fedot"] and spec.vision == {}  # text only
+    assert full.vision["model"] == str(tmp_path / "vit")  # relative to the bench yaml
+    assert [c.suite for c in plan_cells(full)[0]].count("vision") == 1
     assert spec.base["train_args"]["comm_round"] == 2
     assert spec.base["fedpft_args"]["fedpft_neuron_align_steps"] == 1
 
@@ -196,3 +201,12 @@ def test_bench_cli_bad_option_exits_2_with_one_line_and_runs_nothing(tmp_path, c
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_vision_cells_without_the_model_directory_are_skipped_with_a_note(tmp_path):
+    spec = load_spec(_bench_yaml(tmp_path, vision={"model": "models/vit-small", "task": "digits"}))
+
+    cells, notes = plan_cells(spec)
+
+    assert cells and all(c.suite == "text" for c in cells)
+    assert any("vision cells skipped" in n and "fedpft pretrain-vit --out" in n for n in notes), notes
