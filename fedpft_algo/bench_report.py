@@ -34,6 +34,11 @@ def _mean(values: Iterable[Optional[float]]) -> Optional[float]:
     return sum(values) / len(values) if values else None
 
 
+def model_name(model: str) -> str:
+    """A model as tables show it: its name, or a model directory's folder name."""
+    return Path(model).name if os.sep in model else model
+
+
 def cell_record(cell, rounds: Sequence[Dict[str, Any]], wall_seconds: float) -> Dict[str, Any]:
     """Summarise one cell's per-round rows (the server's ``metrics.jsonl``)."""
     rows = sorted(rounds, key=lambda r: r["round"])
@@ -153,14 +158,15 @@ def targets(records, probes) -> List[Dict[str, Any]]:
         if sub and full:
             flops = sub["flops_per_token"] / full["flops_per_token"]
             ratio = sub["epoch_seconds"] / full["epoch_seconds"]
-            add(f"client epoch time sub-FM / FM ({model}; FLOP ratio {flops:.3f})", ratio,
+            name = model_name(model)
+            add(f"client epoch time sub-FM / FM ({name}; FLOP ratio {flops:.3f})", ratio,
                 f"<= {1.1 * flops:.3f} (1.1 x FLOP ratio)", ratio <= 1.1 * flops)
             mem = sub["peak_rss_mb"] / full["peak_rss_mb"]
-            add(f"client peak memory sub-FM / FM ({model}, whole process)", mem, "<= 0.7", mem <= 0.7)
+            add(f"client peak memory sub-FM / FM ({name}, whole process)", mem, "<= 0.7", mem <= 0.7)
             delta_full = full["peak_rss_mb"] - full["base_rss_mb"]
             if delta_full > 0:
                 delta = (sub["peak_rss_mb"] - sub["base_rss_mb"]) / delta_full
-                add(f"client model memory sub-FM / FM ({model}, peak minus RSS before the model)", delta, "<= 0.7",
+                add(f"client model memory sub-FM / FM ({name}, peak minus RSS before the model)", delta, "<= 0.7",
                     delta <= 0.7)
     fedpft_up = _mean(r["upload_bytes_per_client_round"] for r in records if r["method"] == "fedpft")
     fedavg_up = _mean(r["upload_bytes_per_client_round"] for r in records if r["method"] == "fedavg")
@@ -243,7 +249,7 @@ def markdown(records, probes, notes=()) -> str:
               "| model | client kind | epoch s | steps | peak RSS MB | model MB (peak - base) | trainable params "
               "| FLOPs/token | first download |", "|---|---|---|---|---|---|---|---|---|"]
     for key, p in sorted(probes.items()):
-        lines.append(f"| {p['model']} | {p['kind']} | {_fmt(p['epoch_seconds'], 's')} | {p['steps']} "
+        lines.append(f"| {model_name(p['model'])} | {p['kind']} | {_fmt(p['epoch_seconds'], 's')} | {p['steps']} "
                      f"| {_fmt(p['peak_rss_mb'], 's')} | {_fmt(p['peak_rss_mb'] - p['base_rss_mb'], 's')} "
                      f"| {_fmt(p['trainable_parameters'], 'int')} | {_fmt(p['flops_per_token'], 'int')} "
                      f"| {_fmt(p['client_model_bytes'], 'bytes')} |")
