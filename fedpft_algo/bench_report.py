@@ -237,12 +237,28 @@ def markdown(records, probes, notes=()) -> str:
                          f"| {_fmt(m('wall_seconds'), 's')} |")
         lines.append("")
     partitions = sorted({r["partition"] for r in records})
+    for partition in partitions:
+        group = [r for r in records if r["partition"] == partition]
+        tasks = sorted({r["task"] for r in group}, key=lambda t: (t not in {r["task"] for r in group
+                                                                           if r.get("suite", "text") == "text"}, t))
+        lines += [f"## Final accuracy per task, {partition} (sub-FM alone in parentheses)", "",
+                  "| method | " + " | ".join(tasks) + " |", "|" + "---|" * (len(tasks) + 1)]
+        for method in methods:
+            cells = []
+            for task in tasks:
+                rs = [r for r in group if r["method"] == method and r["task"] == task]
+                final, sub = _mean(r["final_accuracy"] for r in rs), _mean(r.get("sub_accuracy") for r in rs)
+                proxy = sub is not None and final is not None and any(r.get("flops_ratio") != 1.0 for r in rs)
+                cells.append(_fmt(final, "pct") + (f" ({_fmt(sub, 'pct')})" if proxy else ""))
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    text = [r for r in records if r.get("suite", "text") == "text"]
     columns = [(p, key) for p in partitions for key in ("final_accuracy", "tail_accuracy")]
-    lines += ["## Mean accuracy over tasks", "",
+    lines += ["## Mean accuracy over the text tasks", "",
               "| method | " + " | ".join(f"{p} {'final' if k == 'final_accuracy' else f'last-{TAIL_ROUNDS}'}"
                                          for p, k in columns) + " |", "|" + "---|" * (len(columns) + 1)]
     for method in methods:
-        cells = [_fmt(_mean(r.get(k) for r in records if r["method"] == method and r["partition"] == p), "pct")
+        cells = [_fmt(_mean(r.get(k) for r in text if r["method"] == method and r["partition"] == p), "pct")
                  for p, k in columns]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += ["", "## Client cost (probe processes)", "",
