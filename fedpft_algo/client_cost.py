@@ -127,14 +127,14 @@ def probe(model: str, kind: str, task: str, *, examples: int = 64, batch_size: i
     base_rss = current_rss_mb() if peak_reset else peak_rss_mb()
     torch.manual_seed(seed)
     client, skeleton = _client_model(kind, model_config, config)
-    if config.gradient_checkpointing and kind not in ("full_model", "full_prox"):  # as FedPFTTrainer does
+    full = kind in ("full_model", "full_prox")
+    if config.gradient_checkpointing and not full:  # as FedPFTTrainer does; FedML's trainer has no such option
         from .lora import enable_gradient_checkpointing
 
         enable_gradient_checkpointing(client)
     built_rss = current_rss_mb()
     client.train()
     params = [p for p in client.parameters() if p.requires_grad]
-    full = kind in ("full_model", "full_prox")
     if full:  # FedML's classification trainer: Adam(amsgrad) on every parameter
         optimizer = torch.optim.Adam(params, lr=full_learning_rate, amsgrad=True)
     else:  # FedPFTTrainer: AdamW on LoRA + head
