@@ -126,6 +126,11 @@ class FedPFTConfig:
             resolved.append(index % num_layers)
         if len(set(resolved)) != len(resolved):
             raise _error("retained_layers", list(self.retained_layers), "indices naming distinct layers")
+        if self.uses_sub_model and len(resolved) == num_layers:
+            # nothing left to compress (FedPFT) or to emulate (FedOT): the "sub-FM" would be the FM itself
+            raise _error("retained_layers", list(self.retained_layers),
+                         f"fewer than all {num_layers} layers of this model kept whole, so that the sub-FM is "
+                         f"smaller than the FM (fedpft_method: fedpetuning tunes the whole FM)")
         return tuple(sorted(resolved))
 
     def compressed_layers(self, num_layers: int) -> Tuple[int, ...]:

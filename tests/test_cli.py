@@ -147,6 +147,9 @@ BAD_INPUTS = {  # id -> (make the config file, extra CLI args, what stderr must 
     "retained layer out of range": (lambda t: config_with(t, fedpft_args={"fedpft_retained_layers": [0, 6]}), [],
                                     r"fedpft_retained_layers=\[0, 6\] .*layer indices in \[-6, 5\] for this "
                                     r"6-layer model"),
+    "every layer retained": (lambda t: config_with(t, fedpft_args={"fedpft_retained_layers": [0, 1, 2, 3, 4, 5]}),
+                             [], r"fedpft_retained_layers=\[0, 1, 2, 3, 4, 5\] is not allowed: expected fewer "
+                                 r"than all 6 layers"),
     "timeout": (lambda t: config_with(t), ["--timeout", "0"], r"--timeout 0: expected a number of seconds > 0"),
     "round timeout": (lambda t: config_with(t), ["--round-timeout", "-1"], r"--round-timeout -1: expected"),
 }

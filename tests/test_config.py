@@ -137,12 +137,20 @@ def test_resolve_retained_layers(retained, num_layers, expected):
     ((0, 4), r"fedpft_retained_layers=\[0, 4\] is not allowed: expected layer indices in \[-4, 3\] for this 4-layer"),
     ((-5,), r"fedpft_retained_layers=\[-5\] is not allowed: expected layer indices in \[-4, 3\]"),
     ((0, -4), r"fedpft_retained_layers=\[0, -4\] is not allowed: expected indices naming distinct layers"),
+    ((0, 1, 2, 3), r"fedpft_retained_layers=\[0, 1, 2, 3\] is not allowed: expected fewer than all 4 layers"),
 ])
 def test_resolve_retained_layers_out_of_range_raises(retained, message):
     config = FedPFTConfig(retained_layers=retained)
 
     with pytest.raises(ConfigError, match=message):
         config.resolve_retained_layers(4)
+
+
+def test_fedpetuning_may_keep_every_layer():
+    """FedPETuning has no sub-FM, so "every layer kept whole" is not a mistake there."""
+    config = FedPFTConfig(method="fedpetuning", retained_layers=(0, 1, 2, 3))
+
+    assert config.compressed_layers(4) == ()
 
 
 @pytest.mark.parametrize("settings, comm_round, expected", [
