@@ -245,7 +245,7 @@ def run_bench(spec: BenchSpec, out: Path, *, methods=None, tasks=None, partition
     bar = tqdm(total=len(todo) + len(wanted_probes), unit="cell", desc="fedpft bench",
                disable=None if progress else True)
     interrupted = False
-    restore = launcher._raise_on_sigterm()   # SIGTERM stops the bench like Ctrl-C
+    restore = launcher.raise_on_sigterm()   # SIGTERM stops the bench like Ctrl-C
     try:
         for model, kind in wanted_probes:
             bar.set_postfix_str(f"probe {kind}")

@@ -479,7 +479,7 @@ def launch(plan: RunPlan, run_dir: os.PathLike, *, timeout: float = 3600.0, roun
     state = _State()
     started = time.monotonic()
     deadline = started + timeout
-    restore = _raise_on_sigterm()
+    restore = raise_on_sigterm()
     bar = _progress_bar(plan.comm_round, progress)
     try:
         _say(f"fedpft: {plan.training_type}/{plan.backend} run with {plan.num_processes} process(es) "
@@ -739,7 +739,7 @@ def _all_gone(procs: List[_Proc], sessions: List[int]) -> bool:
     return not running and not session_pids(sessions)
 
 
-def _raise_on_sigterm():
+def raise_on_sigterm():
     """Treat SIGTERM to the launcher like Ctrl-C (stop the participants, then fail); returns an undo function."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
