@@ -284,6 +284,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--methods", metavar="A,B", help="run only these methods of the suite")
     parser.add_argument("--tasks", metavar="X,Y", help="run only these tasks of the suite")
     parser.add_argument("--partitions", metavar="P,Q", help="run only these partitions of the suite (homo, hetero:1)")
+    parser.add_argument("--seeds", metavar="0,1", help="the seeds of the suite (overrides bench.seeds; cells of "
+                        "seeds already finished in --out are not run again)")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: rewrite the report from the cells finished in --out")
     parser.add_argument("--threads", type=int, metavar="N", help="torch threads per cell and probe process "
@@ -303,6 +305,14 @@ def run(args) -> int:
             raise ConfigError(f"--jobs {args.jobs}: expected an integer >= 1")
         spec.jobs = args.jobs
     split = lambda text: [s.strip() for s in text.split(",") if s.strip()] if text else None  # noqa: E731
+    if args.seeds is not None:
+        try:
+            seeds = [int(s) for s in split(args.seeds) or ()]
+        except ValueError:
+            seeds = []
+        if not seeds:
+            raise ConfigError(f"--seeds {args.seeds}: expected integers separated by commas (0,1,2)")
+        spec.seeds = sorted(set(seeds))
     for option, chosen, allowed in (("--methods", split(args.methods), spec.methods),
                                     ("--tasks", split(args.tasks), spec.tasks)):
         unknown = sorted(set(chosen or ()) - set(allowed))

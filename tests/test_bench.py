@@ -195,7 +195,9 @@ def test_variants_run_their_method_with_their_settings(tmp_path):
 
 @pytest.mark.parametrize("option, message", [(["--jobs", "0"], "--jobs 0: expected an integer >= 1"),
                                              (["--threads", "0"], "--threads 0: expected an integer >= 1"),
-                                             (["--tasks", "imdb"], "--tasks: ['imdb'] not in the suite")])
+                                             (["--tasks", "imdb"], "--tasks: ['imdb'] not in the suite"),
+                                             (["--seeds", "0,x"], "--seeds 0,x: expected integers separated by"),
+                                             (["--seeds", ","], "--seeds ,: expected integers")])
 def test_bench_cli_bad_option_exits_2_with_one_line_and_runs_nothing(tmp_path, capsys, option, message):
     from fedpft_algo import cli
 
@@ -212,3 +214,13 @@ def test_vision_cells_without_the_model_directory_are_skipped_with_a_note(tmp_pa
 
     assert cells and all(c.suite == "text" for c in cells)
     assert any("vision cells skipped" in n and "fedpft pretrain-vit --out" in n for n in notes), notes
+
+
+def test_seeds_option_replaces_the_suites_seeds(tmp_path, capsys):
+    from fedpft_algo import cli
+
+    code = cli.main(["bench", "--cf", str(_bench_yaml(tmp_path)), "--out", str(tmp_path / "out"),
+                     "--seeds", "3,1,3", "--report-only"])
+
+    assert code == 0
+    assert "0 of 4 cell(s) finished" in capsys.readouterr().out   # 2 methods x seeds {1, 3}
