@@ -266,11 +266,13 @@ def run_bench(spec: BenchSpec, out: Path, *, methods=None, tasks=None, partition
         bar.close()
     if execute:
         write_json_atomic(out / FAILURES_JSON, failures)
-    # The report covers every finished cell of the whole suite, also when this call ran a part of it
-    suite = plan_cells(spec)[0] if (methods or tasks or partitions) else cells
-    suite_ids = {c.id for c in suite}
-    paths = write_report(out, [r for r in records.values() if r["cell"] in suite_ids], probes,
-                         notes=notes + [f"failed: {k}: {v}" for k, v in failures.items()])
+    # results.json keeps every cell finished in `out` (a later call with other seeds or methods must not
+    # lose them); the tables and plots cover every finished cell of the whole suite the yaml names, also
+    # when this call ran a part of it or cannot run some of it here (a task not installed, no vision model)
+    suite_ids = {c.id for c in plan_cells(spec, runnable_only=False)[0]}
+    paths = write_report(out, list(records.values()), probes,
+                         notes=notes + [f"failed: {k}: {v}" for k, v in failures.items()],
+                         shown=lambda r: r["cell"] in suite_ids)
     return {"cells": len(cells), "ran": len(todo), "finished": sum(c.id in records for c in cells),
             "failures": failures, "notes": notes, "paths": paths, "interrupted": interrupted}
 
@@ -313,8 +315,9 @@ def run(args) -> int:
         if not seeds:
             raise ConfigError(f"--seeds {args.seeds}: expected integers separated by commas (0,1,2)")
         spec.seeds = sorted(set(seeds))
+    tasks = spec.tasks + ([spec.vision_task] if spec.vision.get("model") else [])
     for option, chosen, allowed in (("--methods", split(args.methods), spec.methods),
-                                    ("--tasks", split(args.tasks), spec.tasks)):
+                                    ("--tasks", split(args.tasks), tasks)):
         unknown = sorted(set(chosen or ()) - set(allowed))
         if unknown:
             raise ConfigError(f"{option}: {unknown} not in the suite of {spec.path.name}: expected some of "

@@ -193,10 +193,13 @@ def targets(records, probes) -> List[Dict[str, Any]]:
 
 # ---------------------------------------------------------------------- writing
 def write_report(out: Path, records: List[Dict[str, Any]], probes: Dict[str, Dict[str, Any]],
-                 notes: Sequence[str] = ()) -> Dict[str, str]:
+                 notes: Sequence[str] = (), shown=None) -> Dict[str, str]:
+    """``results.json`` gets every record; the CSV, markdown and plots those ``shown(record)`` accepts."""
     out = Path(out)
     records = [add_client_cost(dict(r), probes) for r in records]
     write_json_atomic(out / "results.json", records)
+    if shown is not None:
+        records = [r for r in records if shown(r)]
     with open(out / "results.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(CSV_COLUMNS), extrasaction="ignore")
         writer.writeheader()

@@ -70,6 +70,10 @@ class BenchSpec:
     def model(self) -> str:
         return str(_flat(self.base).get("model", "minilm-l6"))
 
+    @property
+    def vision_task(self) -> str:
+        return str(self.vision.get("task", "fashion_mnist"))
+
 
 # ---------------------------------------------------------------------- the bench yaml
 def load_spec(path: os.PathLike, *, smoke: bool = False) -> BenchSpec:
@@ -216,8 +220,13 @@ def _namespace(flat):
 
 # ---------------------------------------------------------------------- cells
 def plan_cells(spec: BenchSpec, methods: Optional[Sequence[str]] = None, tasks: Optional[Sequence[str]] = None,
-               partitions: Optional[Sequence[str]] = None) -> Tuple[List[Cell], List[str]]:
-    """The matrix, filtered; and notes on what was skipped (tasks not installed)."""
+               partitions: Optional[Sequence[str]] = None, *,
+               runnable_only: bool = True) -> Tuple[List[Cell], List[str]]:
+    """The matrix, filtered; and notes on what was skipped (tasks not installed, no vision model).
+
+    ``runnable_only=False`` plans the whole matrix the yaml names, whether or not this machine can run
+    every cell of it now (the report's view: cells finished elsewhere or earlier still belong to it).
+    """
     from .data.tasks import load_task
 
     notes, available = [], []
@@ -225,7 +234,8 @@ def plan_cells(spec: BenchSpec, methods: Optional[Sequence[str]] = None, tasks: 
         if tasks and task not in tasks:
             continue
         try:
-            load_task(task, max_train=8, max_test=8)
+            if runnable_only:
+                load_task(task, max_train=8, max_test=8)
         except FedPFTError as exc:
             notes.append(f"task {task} skipped: {exc}")
             continue
@@ -236,15 +246,16 @@ def plan_cells(spec: BenchSpec, methods: Optional[Sequence[str]] = None, tasks: 
              for t in available for p in chosen for s in spec.seeds for m in spec.methods
              if not methods or m in methods]
     vision = spec.vision
-    if vision.get("model") and not Path(vision["model"]).is_dir():
+    if not vision.get("model") or (tasks and spec.vision_task not in tasks):
+        pass
+    elif runnable_only and not Path(vision["model"]).is_dir():
         notes.append(f"vision cells skipped: bench.vision.model {vision['model']} is not a directory "
                      f"(`fedpft pretrain-vit --out {vision['model']}` makes one)")
-    elif vision.get("model"):
+    else:
         overrides = tuple(sorted((vision.get("set") or {}).items()))
         for m in vision.get("methods") or spec.methods:
             if not methods or m in methods:
-                cells += [Cell(m, str(vision.get("task", "fashion_mnist")), p, s, str(vision["model"]), overrides,
-                               "vision")
+                cells += [Cell(m, spec.vision_task, p, s, str(vision["model"]), overrides, "vision")
                           for p in chosen for s in spec.seeds]
     return cells, notes
 

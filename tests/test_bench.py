@@ -224,3 +224,40 @@ def test_seeds_option_replaces_the_suites_seeds(tmp_path, capsys):
 
     assert code == 0
     assert "0 of 4 cell(s) finished" in capsys.readouterr().out   # 2 methods x seeds {1, 3}
+
+
+def _finished(cell_id, method, task, seed, suite="text"):
+    values = dict.fromkeys(REQUIRED, 1.0)
+    values.update(cell=cell_id, method=method, task=task, partition="homo", seed=seed, model="m", suite=suite,
+                  accuracy_per_round=[0.5, 0.6], config_hash="0")
+    return values
+
+
+def test_report_covers_the_whole_suite_and_results_json_keeps_every_cell(tmp_path):
+    # Prepare: a suite whose vision model is missing on this machine; cells finished earlier: a text cell
+    # and a vision cell of the suite, and a seed-5 cell of another call (--seeds)
+    spec = load_spec(_bench_yaml(tmp_path, methods=["fedpft_n"], vision={"model": "models/vit-small"}))
+    out = tmp_path / "out"
+    out.mkdir()
+    finished = [_finished("minilm-l6-rotten_tomatoes-homo-s0-fedpft_n", "fedpft_n", "rotten_tomatoes", 0),
+                _finished("vit-small-fashion_mnist-homo-s0-fedpft_n", "fedpft_n", "fashion_mnist", 0, "vision"),
+                _finished("minilm-l6-rotten_tomatoes-homo-s5-fedpft_n", "fedpft_n", "rotten_tomatoes", 5)]
+    (out / "results.json").write_text(json.dumps(finished))
+
+    # Execute: rewrite the report only
+    run_bench(spec, out, execute=False, progress=False)
+
+    # Assert: nothing lost from results.json; the tables show the suite's two cells, the vision one included
+    assert [r["cell"] for r in json.loads((out / "results.json").read_text())] == [r["cell"] for r in finished]
+    rows = (out / "results.csv").read_text().splitlines()[1:]
+    assert len(rows) == 2 and sum("fashion_mnist" in r for r in rows) == 1
+    assert "## fashion_mnist, homo" in (out / "results.md").read_text()
+
+
+def test_tasks_option_selects_vision_cells_too(tmp_path):
+    (tmp_path / "vit").mkdir()
+    spec = load_spec(_bench_yaml(tmp_path, methods=["fedpft_n"], vision={"model": str(tmp_path / "vit")}))
+
+    assert {c.task for c in plan_cells(spec)[0]} == {"rotten_tomatoes", "fashion_mnist"}
+    assert {c.task for c in plan_cells(spec, tasks=["rotten_tomatoes"])[0]} == {"rotten_tomatoes"}
+    assert {c.task for c in plan_cells(spec, tasks=["fashion_mnist"])[0]} == {"fashion_mnist"}
