@@ -128,14 +128,28 @@ def _fmt(value, kind: str = "float") -> str:
     return f"{value:.3f}"
 
 
-def paired_gap(records, better: str, worse: str, tasks: Optional[Iterable[str]] = None,
-               key: str = "final_accuracy") -> Optional[float]:
-    """Mean of key(better) - key(worse) over cells both finished (same task, partition and seed)."""
+def paired_gaps(records, better: str, worse: str, tasks: Optional[Iterable[str]] = None,
+                key: str = "final_accuracy") -> List[float]:
+    """key(better) - key(worse) for every pair of cells both finished (same task, partition and seed)."""
     index = {(r["method"], r["task"], r["partition"], r["seed"]): r.get(key) for r in records
              if r.get(key) is not None}
-    gaps = [index[(better, t, p, s)] - acc for (m, t, p, s), acc in index.items()
+    return [index[(better, t, p, s)] - acc for (m, t, p, s), acc in index.items()
             if m == worse and (better, t, p, s) in index and (tasks is None or t in tasks)]
-    return _mean(gaps)
+
+
+def paired_gap(records, better: str, worse: str, tasks: Optional[Iterable[str]] = None,
+               key: str = "final_accuracy") -> Optional[float]:
+    """Mean of :func:`paired_gaps`."""
+    return _mean(paired_gaps(records, better, worse, tasks, key))
+
+
+def _spread(gaps: Sequence[float]) -> str:
+    """How sure a mean gap is: the number of pairs and the standard error of their mean, in points."""
+    if len(gaps) < 2:
+        return f"{len(gaps)} pair"
+    mean = sum(gaps) / len(gaps)
+    se = math.sqrt(sum((g - mean) ** 2 for g in gaps) / (len(gaps) - 1) / len(gaps))
+    return f"{len(gaps)} pairs, s.e. {100 * se:.1f}"
 
 
 def targets(records, probes) -> List[Dict[str, Any]]:
@@ -143,16 +157,20 @@ def targets(records, probes) -> List[Dict[str, Any]]:
     text = {r["task"] for r in records if r.get("suite", "text") == "text"}
     rows = []
 
-    def add(name, value, goal, met, unit=""):
-        rows.append({"target": name, "measured": value, "goal": goal, "met": met, "unit": unit})
+    def add(name, value, goal, met, unit="", detail=""):
+        rows.append({"target": name, "measured": value, "goal": goal, "met": met, "unit": unit, "detail": detail})
 
     for key, what in (("final_accuracy", "final round"), ("tail_accuracy", f"mean of last {TAIL_ROUNDS} rounds")):
-        gap = paired_gap(records, "fedpft", "fedot", text, key)
+        gaps = paired_gaps(records, "fedpft", "fedot", text, key)
+        gap = _mean(gaps)
         add(f"FedPFT - FedOT accuracy ({what}), mean over text tasks (points)",
-            None if gap is None else 100 * gap, ">= +2.5", None if gap is None else 100 * gap >= 2.5, "points")
-        gap = paired_gap(records, "fedpetuning", "fedpft", text, key)
+            None if gap is None else 100 * gap, ">= +2.5", None if gap is None else 100 * gap >= 2.5, "points",
+            _spread(gaps) if gaps else "")
+        gaps = paired_gaps(records, "fedpetuning", "fedpft", text, key)
+        gap = _mean(gaps)
         add(f"FedPETuning - FedPFT accuracy ({what}), mean over text tasks (points)",
-            None if gap is None else 100 * gap, "<= 1.0", None if gap is None else 100 * gap <= 1.0, "points")
+            None if gap is None else 100 * gap, "<= 1.0", None if gap is None else 100 * gap <= 1.0, "points",
+            _spread(gaps) if gaps else "")
     for model in sorted({r["model"] for r in records}):
         sub, full = probes.get(f"{model}|sub_model"), probes.get(f"{model}|full_lora")
         if sub and full:
@@ -278,6 +296,8 @@ def markdown(records, probes, notes=()) -> str:
         value = t["measured"] if t["unit"] == "text" else _fmt(t["measured"], kind)
         if t["unit"] == "ratio" and value != "-":
             value += " %"
+        if t.get("detail"):
+            value += f" ({t['detail']})"
         met = "-" if t["met"] is None else ("yes" if t["met"] else "no")
         lines.append(f"| {t['target']} | {value} | {t['goal']} | {met} |")
     if notes:

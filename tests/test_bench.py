@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from fedpft_algo.bench import Cell, cell_config, load_spec, plan_cells, run_bench
-from fedpft_algo.bench_report import cell_record, paired_gap
+from fedpft_algo.bench_report import cell_record, paired_gap, targets
 from fedpft_algo.errors import ConfigError
 
 REQUIRED = ("method", "task", "partition", "seed", "final_accuracy", "best_accuracy", "sub_accuracy", "macro_f1",
@@ -133,6 +133,19 @@ def test_records_summarise_rounds_and_gaps_pair_cells():
     assert record["accuracy_per_round"] == [0.7, 0.6]
     other = dict(record, method="fedot", final_accuracy=0.5)
     assert paired_gap([record, other], "fedpft", "fedot") == pytest.approx(0.1)
+
+
+def test_target_gaps_say_how_many_pairs_and_their_standard_error():
+    records = [dict(method=m, task=t, partition="homo", seed=s, final_accuracy=acc, suite="text", model="m",
+                    upload_bytes_per_client_round=1, wall_seconds=1.0, neuron_align_seconds=0.0,
+                    rounds=1)
+               for t, s, gap in (("trec6", 0, 0.10), ("trec6", 1, 0.02), ("rotten_tomatoes", 0, 0.06))
+               for m, acc in (("fedpft", 0.5 + gap), ("fedot", 0.5))]
+
+    row = next(r for r in targets(records, {}) if r["target"].startswith("FedPFT - FedOT accuracy (final"))
+
+    assert row["measured"] == pytest.approx(6.0) and row["met"]
+    assert row["detail"] == "3 pairs, s.e. 2.3"   # sd 0.04 / sqrt(3)
 
 
 def test_tiny_bench_end_to_end_writes_results_and_resumes(minilm_2layer, tmp_path, monkeypatch):
