@@ -148,6 +148,18 @@ def test_target_gaps_say_how_many_pairs_and_their_standard_error():
     assert row["detail"] == "3 pairs, s.e. 2.3"   # sd 0.04 / sqrt(3)
 
 
+def test_ablation_order_compares_text_cells_only():
+    base = dict(partition="homo", seed=0, model="m", upload_bytes_per_client_round=1, wall_seconds=1.0,
+                neuron_align_seconds=0.0, rounds=1)
+    records = [dict(base, method=m, task="trec6", suite="text", final_accuracy=acc)
+               for m, acc in (("fedpft", 0.80), ("fedpft_b", 0.78), ("fedpft_d", 0.77), ("fedpft_n", 0.75))]
+    records.append(dict(base, method="fedpft", task="fashion_mnist", suite="vision", final_accuracy=0.40))
+
+    row = next(r for r in targets(records, {}) if r["target"].startswith("ablation order"))
+
+    assert row["met"] and row["measured"] == "fedpft 80.0 fedpft_b 78.0 fedpft_d 77.0 fedpft_n 75.0"
+
+
 def test_tiny_bench_end_to_end_writes_results_and_resumes(minilm_2layer, tmp_path, monkeypatch):
     # Prepare: 4 cells (FedPFT_N and FedPFT_B, IID and Dirichlet), 2 side by side sharing one cache;
     # 2-layer MiniLM; FedML's baselines: test_baselines.py
