@@ -186,11 +186,13 @@ def targets(records, probes) -> List[Dict[str, Any]]:
                 delta = (sub["peak_rss_mb"] - sub["base_rss_mb"]) / delta_full
                 add(f"client model memory sub-FM / FM ({name}, peak minus RSS before the model)", delta, "<= 0.7",
                     delta <= 0.7)
-    fedpft_up = _mean(r["upload_bytes_per_client_round"] for r in records if r["method"] == "fedpft")
-    fedavg_up = _mean(r["upload_bytes_per_client_round"] for r in records if r["method"] == "fedavg")
-    if fedpft_up and fedavg_up:
-        add("upload per client per round, FedPFT / full-model FedAvg", fedpft_up / fedavg_up, "<= 1 %",
-            fedpft_up / fedavg_up <= 0.01, "ratio")
+    for model in sorted({r["model"] for r in records}):
+        fedpft_up, fedavg_up = (_mean(r["upload_bytes_per_client_round"] for r in records
+                                      if r["method"] == method and r["model"] == model)
+                                for method in ("fedpft", "fedavg"))
+        if fedpft_up and fedavg_up:
+            add(f"upload per client per round, FedPFT / full-model FedAvg ({model_name(model)})",
+                fedpft_up / fedavg_up, "<= 1 %", fedpft_up / fedavg_up <= 0.01, "ratio")
     fedpft_runs = [r for r in records if r["method"] == "fedpft" and r["wall_seconds"]]
     share = _mean(r["neuron_align_seconds"] / r["wall_seconds"] for r in fedpft_runs)
     if share is not None:
@@ -294,6 +296,8 @@ def markdown(records, probes, notes=()) -> str:
     for t in targets(records, probes):
         kind = {"ratio": "pct", "points": "points"}.get(t["unit"], "float")
         value = t["measured"] if t["unit"] == "text" else _fmt(t["measured"], kind)
+        if t["unit"] == "ratio" and t["measured"] is not None and t["measured"] < 0.1:
+            value = f"{100 * t['measured']:.2f}"   # small shares (upload) need two decimals
         if t["unit"] == "ratio" and value != "-":
             value += " %"
         if t.get("detail"):
