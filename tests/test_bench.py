@@ -1,10 +1,11 @@
 """``fedpft bench``: the yaml, the matrix, per-cell configs, and a tiny end-to-end bench with resume."""
 import json
+from pathlib import Path
 
 import pytest
 import yaml
 
-from fedpft_algo.bench import Cell, cell_config, load_spec, plan_cells, run_bench
+from fedpft_algo.bench import Cell, cell_config, config_hash, load_spec, plan_cells, run_bench
 from fedpft_algo.bench_report import cell_record, paired_gap, targets
 from fedpft_algo.errors import ConfigError
 
@@ -286,3 +287,23 @@ def test_tasks_option_selects_vision_cells_too(tmp_path):
     assert {c.task for c in plan_cells(spec)[0]} == {"rotten_tomatoes", "fashion_mnist"}
     assert {c.task for c in plan_cells(spec, tasks=["rotten_tomatoes"])[0]} == {"rotten_tomatoes"}
     assert {c.task for c in plan_cells(spec, tasks=["fashion_mnist"])[0]} == {"fashion_mnist"}
+
+
+SHIPPED = Path(__file__).resolve().parent.parent / "fedml_config"
+
+
+@pytest.mark.parametrize("name, cells", [("bench", 72), ("bench_study", 7), ("bench_budget", 14), ("bench_lr", 40)])
+def test_shipped_bench_yamls_load_and_plan(name, cells):
+    spec = load_spec(SHIPPED / f"{name}.yaml")
+
+    assert len(plan_cells(spec, runnable_only=False)[0]) == cells
+
+
+def test_bench_lr_resumes_the_default_suites_cells(tmp_path):
+    """bench_lr.yaml says: given the default suite's --out, the cells that suite ran are not run again."""
+    default, lr = load_spec(SHIPPED / "bench.yaml"), load_spec(SHIPPED / "bench_lr.yaml")
+    hashes = {c.id: config_hash(cell_config(default, c, tmp_path)) for c in plan_cells(default, runnable_only=False)[0]}
+
+    shared = [c for c in plan_cells(lr, runnable_only=False)[0] if c.id in hashes]
+
+    assert len(shared) == 12 and all(config_hash(cell_config(lr, c, tmp_path)) == hashes[c.id] for c in shared)
