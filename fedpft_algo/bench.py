@@ -186,8 +186,34 @@ class _env:
 
 
 # ---------------------------------------------------------------------- client-cost probes
-def run_probe(spec: BenchSpec, model: str, kind: str, task: str, timeout: float) -> Dict[str, Any]:
-    flat = _flat(spec.base)
+# The settings that change what one client's local epoch costs (the rest: alignment, rounds, learning rate)
+_CLIENT_COST_FIELDS = ("ffn_keep_ratio", "retained_layers", "lora_r", "lora_dropout", "gradient_checkpointing",
+                       "max_length")
+
+
+def _client_cost_settings(config) -> Dict[str, Any]:
+    flat = _flat(config)
+    fedpft = FedPFTConfig.from_args(_namespace(flat)).to_dict()
+    return {"batch_size": flat.get("batch_size", 16), **{k: fedpft[k] for k in _CLIENT_COST_FIELDS}}
+
+
+def probe_key(spec: BenchSpec, cell: Cell) -> str:
+    """Which probe measures ``cell``'s clients: one per (model, client kind), and one of its own for a
+    variant whose settings change the client's cost (a larger sub-FM, another batch size, ...)."""
+    from .client_cost import kind_of
+
+    key = f"{cell.model}|{kind_of(spec.base_method(cell.method))}"
+    if cell.overrides and _client_cost_settings(cell_config(spec, cell, Path("."))) != _client_cost_settings(
+            cell_config(spec, Cell(spec.base_method(cell.method), cell.task, cell.partition, cell.seed, cell.model,
+                                   (), cell.suite), Path("."))):
+        key += f"|{cell.method}"
+    return key
+
+
+def run_probe(spec: BenchSpec, model: str, kind: str, task: str, timeout: float,
+              config: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """One client-cost probe process; ``config``: the cell config whose client it measures (default: the base)."""
+    flat = _flat(config or spec.base)
     fedpft = FedPFTConfig.from_args(_namespace(flat))
     command = [sys.executable, "-m", "fedpft_algo.client_cost", "--model", model, "--kind", kind, "--task", task,
                "--examples", str(spec.probe_examples), "--batch-size", str(flat.get("batch_size", 16)),
@@ -240,20 +266,25 @@ def run_bench(spec: BenchSpec, out: Path, *, methods=None, tasks=None, partition
     probe_task = {}
     for cell in cells:  # each model's probes use the first task it is benchmarked on
         probe_task.setdefault(cell.model, cell.task)
-    kinds = {c: kind_of(spec.base_method(c.method)) for c in cells}
-    wanted_probes = sorted({(c.model, kinds[c]) for c in cells if execute and f"{c.model}|{kinds[c]}" not in probes})
+    wanted_probes = {}
+    for cell in cells:
+        key = probe_key(spec, cell)
+        if execute and key not in probes:
+            wanted_probes.setdefault(key, cell)
     bar = tqdm(total=len(todo) + len(wanted_probes), unit="cell", desc="fedpft bench",
                disable=None if progress else True)
     interrupted = False
     restore = launcher.raise_on_sigterm()   # SIGTERM stops the bench like Ctrl-C
     try:
-        for model, kind in wanted_probes:
-            bar.set_postfix_str(f"probe {kind}")
+        for key, cell in sorted(wanted_probes.items()):
+            kind = kind_of(spec.base_method(cell.method))
+            bar.set_postfix_str(f"probe {key.split('|', 1)[1]}")
             try:
-                probes[f"{model}|{kind}"] = run_probe(spec, model, kind, probe_task[model], spec.cell_timeout)
+                probes[key] = run_probe(spec, cell.model, kind, probe_task[cell.model], spec.cell_timeout,
+                                        cell_config(spec, cell, out / "cache"))
                 write_json_atomic(out / PROBES_JSON, probes)
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                failures[f"probe {model}|{kind}"] = str(exc)
+                failures[f"probe {key}"] = str(exc)
                 logger.warning("%s", exc)
             bar.update(1)
         threads = spec.threads or (max(1, (os.cpu_count() or 1) // spec.jobs) if spec.jobs > 1 else None)
@@ -269,7 +300,11 @@ def run_bench(spec: BenchSpec, out: Path, *, methods=None, tasks=None, partition
     # results.json keeps every cell finished in `out` (a later call with other seeds or methods must not
     # lose them); the tables and plots cover every finished cell of the whole suite the yaml names, also
     # when this call ran a part of it or cannot run some of it here (a task not installed, no vision model)
-    suite_ids = {c.id for c in plan_cells(spec, runnable_only=False)[0]}
+    suite = plan_cells(spec, runnable_only=False)[0]
+    suite_ids = {c.id for c in suite}
+    for cell in suite:
+        if cell.id in records:
+            records[cell.id]["probe"] = probe_key(spec, cell)
     paths = write_report(out, list(records.values()), probes,
                          notes=notes + [f"failed: {k}: {v}" for k, v in failures.items()],
                          shown=lambda r: r["cell"] in suite_ids)

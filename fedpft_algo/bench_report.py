@@ -81,7 +81,7 @@ def add_client_cost(record: Dict[str, Any], probes: Dict[str, Dict[str, Any]]) -
     tail = record.get("accuracy_per_round") or []
     record["tail_accuracy"] = _mean(tail[-TAIL_ROUNDS:])
     kind = kind_of(record.get("base_method", record["method"]))
-    probe = probes.get(f"{record['model']}|{kind}") or {}
+    probe = probes.get(record.get("probe") or f"{record['model']}|{kind}") or {}
     full = probes.get(f"{record['model']}|full_lora") or probes.get(f"{record['model']}|full_model") or {}
     flops, full_flops = probe.get("flops_per_token"), full.get("flops_per_token")
     record.update({
@@ -288,7 +288,9 @@ def markdown(records, probes, notes=()) -> str:
               "| model | client kind | epoch s | steps | peak RSS MB | model MB (peak - base) | trainable params "
               "| FLOPs/token | first download |", "|---|---|---|---|---|---|---|---|---|"]
     for key, p in sorted(probes.items()):
-        lines.append(f"| {model_name(p['model'])} | {p['kind']} | {_fmt(p['epoch_seconds'], 's')} | {p['steps']} "
+        variant = key.split("|")[2:]   # a variant with client-cost settings of its own has its own probe
+        kind = p["kind"] + (f" ({variant[0]})" if variant else "")
+        lines.append(f"| {model_name(p['model'])} | {kind} | {_fmt(p['epoch_seconds'], 's')} | {p['steps']} "
                      f"| {_fmt(p['peak_rss_mb'], 's')} | {_fmt(p['peak_rss_mb'] - p['base_rss_mb'], 's')} "
                      f"| {_fmt(p['trainable_parameters'], 'int')} | {_fmt(p['flops_per_token'], 'int')} "
                      f"| {_fmt(p['client_model_bytes'], 'bytes')} |")
