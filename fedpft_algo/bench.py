@@ -32,6 +32,7 @@ once per (model, client kind). The report (``results.csv``, ``results.md``, PNG 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -202,10 +203,10 @@ def probe_key(spec: BenchSpec, cell: Cell) -> str:
     variant whose settings change the client's cost (a larger sub-FM, another batch size, ...)."""
     from .client_cost import kind_of
 
-    key = f"{cell.model}|{kind_of(spec.base_method(cell.method))}"
-    if cell.overrides and _client_cost_settings(cell_config(spec, cell, Path("."))) != _client_cost_settings(
-            cell_config(spec, Cell(spec.base_method(cell.method), cell.task, cell.partition, cell.seed, cell.model,
-                                   (), cell.suite), Path("."))):
+    base = dataclasses.replace(cell, method=spec.base_method(cell.method), overrides=())
+    key = f"{cell.model}|{kind_of(base.method)}"
+    settings = (_client_cost_settings(cell_config(spec, c, Path("."))) for c in (cell, base))
+    if cell.overrides and next(settings) != next(settings):
         key += f"|{cell.method}"
     return key
 

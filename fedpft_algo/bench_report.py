@@ -145,6 +145,8 @@ def paired_gap(records, better: str, worse: str, tasks: Optional[Iterable[str]] 
 
 def _spread(gaps: Sequence[float]) -> str:
     """How sure a mean gap is: the number of pairs and the standard error of their mean, in points."""
+    if not gaps:
+        return ""
     if len(gaps) < 2:
         return f"{len(gaps)} pair"
     mean = sum(gaps) / len(gaps)
@@ -160,17 +162,14 @@ def targets(records, probes) -> List[Dict[str, Any]]:
     def add(name, value, goal, met, unit="", detail=""):
         rows.append({"target": name, "measured": value, "goal": goal, "met": met, "unit": unit, "detail": detail})
 
+    gap_targets = (("fedpft", "fedot", "FedPFT - FedOT", ">= +2.5", lambda points: points >= 2.5),
+                   ("fedpetuning", "fedpft", "FedPETuning - FedPFT", "<= 1.0", lambda points: points <= 1.0))
     for key, what in (("final_accuracy", "final round"), ("tail_accuracy", f"mean of last {TAIL_ROUNDS} rounds")):
-        gaps = paired_gaps(records, "fedpft", "fedot", text, key)
-        gap = _mean(gaps)
-        add(f"FedPFT - FedOT accuracy ({what}), mean over text tasks (points)",
-            None if gap is None else 100 * gap, ">= +2.5", None if gap is None else 100 * gap >= 2.5, "points",
-            _spread(gaps) if gaps else "")
-        gaps = paired_gaps(records, "fedpetuning", "fedpft", text, key)
-        gap = _mean(gaps)
-        add(f"FedPETuning - FedPFT accuracy ({what}), mean over text tasks (points)",
-            None if gap is None else 100 * gap, "<= 1.0", None if gap is None else 100 * gap <= 1.0, "points",
-            _spread(gaps) if gaps else "")
+        for better, worse, name, goal, met in gap_targets:
+            gaps = paired_gaps(records, better, worse, text, key)
+            points = None if not gaps else 100 * _mean(gaps)
+            add(f"{name} accuracy ({what}), mean over text tasks (points)", points, goal,
+                None if points is None else met(points), "points", _spread(gaps))
     for model in sorted({r["model"] for r in records}):
         sub, full = probes.get(f"{model}|sub_model"), probes.get(f"{model}|full_lora")
         if sub and full:

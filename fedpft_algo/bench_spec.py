@@ -246,12 +246,11 @@ def plan_cells(spec: BenchSpec, methods: Optional[Sequence[str]] = None, tasks: 
              for t in available for p in chosen for s in spec.seeds for m in spec.methods
              if not methods or m in methods]
     vision = spec.vision
-    if not vision.get("model") or (tasks and spec.vision_task not in tasks):
-        pass
-    elif runnable_only and not Path(vision["model"]).is_dir():
+    wanted = vision.get("model") and not (tasks and spec.vision_task not in tasks)
+    if wanted and runnable_only and not Path(vision["model"]).is_dir():
         notes.append(f"vision cells skipped: bench.vision.model {vision['model']} is not a directory "
                      f"(`fedpft pretrain-vit --out {vision['model']}` makes one)")
-    else:
+    elif wanted:
         overrides = tuple(sorted((vision.get("set") or {}).items()))
         for m in vision.get("methods") or spec.methods:
             if not methods or m in methods:
