@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Client cost of a FedPFT client (sub-FM + LoRA) against a FedPETuning client (full FM + LoRA), per batch
 # size, with and without gradient checkpointing: where the epoch-time and memory ratios of BENCHMARKS.md
-# come from. One `python -m fedpft_algo.client_cost` probe process per point (one local epoch, the fastest
+# come from. One `python -m fedpft_algo.bench.client_cost` probe process per point (one local epoch, the fastest
 # of REPEATS), on a quiet machine; the glibc mmap threshold is fixed as `fedpft bench` fixes it.
 #   benchmarks/client_cost_sweep.sh                    # MiniLM-L6, batch 8 16 32 64
 #   MODEL=mpnet-base BATCHES="8 16" EXAMPLES=32 REPEATS=1 benchmarks/client_cost_sweep.sh
@@ -22,7 +22,7 @@ trap 'rm -f "$tmp"' EXIT
 for gc in $CHECKPOINTING; do
   for batch in $BATCHES; do
     for kind in sub_model full_lora; do
-      MALLOC_MMAP_THRESHOLD_=65536 HF_HUB_OFFLINE=1 timeout 1800 "$PY" -m fedpft_algo.client_cost --model "$MODEL" \
+      MALLOC_MMAP_THRESHOLD_=65536 HF_HUB_OFFLINE=1 timeout 1800 "$PY" -m fedpft_algo.bench.client_cost --model "$MODEL" \
         --kind "$kind" --task "$TASK" --examples "$EXAMPLES" --batch-size "$batch" --repeats "$REPEATS" \
         --config-json "{\"gradient_checkpointing\": $gc}" | tail -n 1 | \
         "$PY" -c "import json, sys; r = json.loads(sys.stdin.read()); r['gradient_checkpointing'] = $([ "$gc" = true ] && echo True || echo False); print(json.dumps(r))" >> "$tmp"

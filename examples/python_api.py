@@ -7,10 +7,10 @@ Runs in about a minute on a 2-core CPU with the packaged MiniLM-L6 and Rotten To
 import torch
 
 from fedpft_algo import FedPFTConfig, add_lora, build_sub_model, plug_in_, trainable_state
-from fedpft_algo.alignment import align_layers_
+from fedpft_algo.core.alignment import align_layers_
 from fedpft_algo.data import load_public, load_task
 from fedpft_algo.data.loaders import encode_inputs, make_collator, make_loader
-from fedpft_algo.evaluate import evaluate
+from fedpft_algo.core.evaluate import evaluate
 from fedpft_algo.models import load_full_model, load_tokenizer
 
 

@@ -19,9 +19,9 @@ from .config import FedPFTConfig
 from .errors import ConfigError, DataError, FedPFTError, ModelError
 
 _LAZY = {
-    "build_sub_model": "compression", "build_sub_model_skeleton": "compression",
-    "trainable_state": "lora", "plug_in_": "lora", "add_lora": "lora",
-    "weighted_average": "aggregation",
+    "build_sub_model": "core.compression", "build_sub_model_skeleton": "core.compression",
+    "trainable_state": "core.lora", "plug_in_": "core.lora", "add_lora": "core.lora",
+    "weighted_average": "core.aggregation", "register_arch": "core.arch", "ArchSpec": "core.arch",
 }
 
 __all__ = ["FedPFTConfig", "FedPFTError", "ConfigError", "DataError", "ModelError", *_LAZY]

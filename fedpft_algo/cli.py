@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
-from . import bench, vision
+from .bench import runner as bench, vit_pretrain as vision
 from .errors import ConfigError, FedPFTError
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def _add_run_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from . import launcher, results
+    from .launch import launcher, results
 
     for name in ("timeout", "round_timeout"):
         if not getattr(args, name) > 0:
@@ -75,7 +75,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise FedPFTError(input_error) from None
         print(f"fedpft: run failed: {exc}", file=sys.stderr)
         print(f"fedpft: logs are in {run_dir / 'logs'}", file=sys.stderr)
-        from .checkpoint import latest
+        from .rundir.checkpoint import latest
 
         saved = latest(run_dir)
         if saved is not None:
@@ -103,7 +103,7 @@ _INPUT_ERRORS = ("FedPFTError: ", "ConfigError: ", "DataError: ", "ModelError: "
 
 def _input_error(run_dir: Path) -> Optional[str]:
     """The one-line message of a participant that failed on user input (data, model, config)."""
-    from .launcher import read_statuses
+    from .launch.launcher import read_statuses
 
     for status in read_statuses(run_dir).values():
         error = status.get("error") or ""
@@ -140,8 +140,8 @@ def _add_compress_args(parser: argparse.ArgumentParser) -> None:
 
 def _cmd_compress(args: argparse.Namespace) -> int:
     from .config import FedPFTConfig
-    from .launcher import parse_override
-    from .report import compress_report, format_report
+    from .launch.launcher import parse_override
+    from .bench.compress import compress_report, format_report
 
     values = dict(parse_override(item) for item in args.overrides)
     config = FedPFTConfig.from_dict(values, prefix="fedpft_")

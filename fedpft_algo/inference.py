@@ -28,7 +28,7 @@ def _flat(config: dict) -> dict:
 
 def load_tuned_model(run_dir, device="cpu") -> Tuple[torch.nn.Module, object, List[str]]:
     """``(model, tokenizer or image config, label names)`` for a finished run directory."""
-    from .lora import add_lora, plug_in_
+    from .core.lora import add_lora, plug_in_
     from .models import load_full_model, load_model_config, load_tokenizer
 
     run_dir = Path(run_dir)

@@ -157,7 +157,7 @@ def model_class_for(model_config):
 
 def load_full_model(name: str, num_labels: int, cache_dir: Optional[Path] = None):
     """The FM with a freshly initialised task head. Server side only."""
-    from .arch import get_arch, known_model_types
+    from .core.arch import get_arch, known_model_types
 
     path = resolve_model_dir(name, cache_dir)
     model_config = load_model_config(name, num_labels, cache_dir)

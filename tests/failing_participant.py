@@ -5,8 +5,8 @@ Used by tests/test_fedml_integration.py to show that a failing client stops the 
 """
 import sys
 
-import fedpft_algo.trainer as trainer
-from fedpft_algo import participant
+import fedpft_algo.runtime.trainer as trainer
+from fedpft_algo.runtime import participant
 
 
 _real_train = trainer.FedPFTTrainer.train

@@ -5,7 +5,7 @@ from collections import OrderedDict
 import pytest
 import torch
 
-from fedpft_algo.aggregation import sum_tensors, weighted_average
+from fedpft_algo.core.aggregation import sum_tensors, weighted_average
 
 
 def _uploads():

@@ -2,8 +2,8 @@
 import pytest
 from torch import nn
 
-from fedpft_algo import arch
-from fedpft_algo.arch import (
+from fedpft_algo.core import arch
+from fedpft_algo.core.arch import (
     ArchSpec,
     arch_of,
     ffn_size,
@@ -18,7 +18,7 @@ from fedpft_algo.arch import (
 )
 from fedpft_algo.config import FedPFTConfig
 from fedpft_algo.errors import ModelError
-from fedpft_algo.lora import add_lora
+from fedpft_algo.core.lora import add_lora
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def test_known_model_types_include_the_shipped_architectures():
 
 def test_get_arch_with_unknown_model_type_names_register_arch():
     with pytest.raises(ModelError, match=r"model_type 'gpt2' is not supported \(known: .*bert.*\); "
-                                         r"register it with fedpft_algo\.arch\.register_arch"):
+                                         r"register it with fedpft_algo\.register_arch"):
         get_arch("gpt2")
 
 

@@ -6,7 +6,7 @@ import types
 import pytest
 import torch
 
-from fedpft_algo.baselines import (BASELINES, FEDML_SP_DEFAULTS, FedMLClassifier, FedMLTestCapture, TupleLoader,
+from fedpft_algo.runtime.baselines import (BASELINES, FEDML_SP_DEFAULTS, FedMLClassifier, FedMLTestCapture, TupleLoader,
                                    apply_fedml_defaults, fedml_dataset, model_bytes)
 from fedpft_algo.errors import ConfigError
 
@@ -70,7 +70,7 @@ def test_fedml_defaults_fill_missing_keys_and_reject_unknown_baselines():
 def test_fedml_sp_fedavg_round_trains_the_full_model_and_reports_accuracy(minilm_2layer, tmp_path,
                                                                           monkeypatch):
     # Prepare: FedML's own single-process FedAvg, 2 clients, 1 round, tiny data
-    from fedpft_algo import launcher
+    from fedpft_algo.launch import launcher
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     config = {
@@ -93,7 +93,7 @@ def test_fedml_sp_fedavg_round_trains_the_full_model_and_reports_accuracy(minilm
     run_dir.mkdir()
 
     # Execute
-    rounds = launcher.launch(plan, run_dir, timeout=240, round_timeout=240, participant_module="fedpft_algo.baselines",
+    rounds = launcher.launch(plan, run_dir, timeout=240, round_timeout=240, participant_module="fedpft_algo.runtime.baselines",
                              progress=False)
 
     # Assert: one row from FedML's own test, full-model bytes, macro-F1 of the final model

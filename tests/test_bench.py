@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedpft_algo.bench import Cell, cell_config, config_hash, load_spec, plan_cells, run_bench
-from fedpft_algo.bench_report import cell_record, paired_gap, targets
+from fedpft_algo.bench.runner import Cell, cell_config, config_hash, load_spec, plan_cells, run_bench
+from fedpft_algo.bench.report import cell_record, paired_gap, targets
 from fedpft_algo.errors import ConfigError
 
 REQUIRED = ("method", "task", "partition", "seed", "final_accuracy", "best_accuracy", "sub_accuracy", "macro_f1",
@@ -310,7 +310,7 @@ def test_bench_lr_resumes_the_default_suites_cells(tmp_path):
 
 
 def test_variants_that_change_the_clients_cost_get_probes_of_their_own(tmp_path):
-    from fedpft_algo.bench import probe_key
+    from fedpft_algo.bench.runner import probe_key
 
     variants = {"fedpft_keep05": {"method": "fedpft", "set": {"fedpft_ffn_keep_ratio": 0.5}},
                 "fedpft_b16": {"method": "fedpft", "set": {"batch_size": 16}},

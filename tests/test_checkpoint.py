@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from fedpft_algo import checkpoint, runlog
+from fedpft_algo.rundir import checkpoint, records as runlog
 from fedpft_algo.errors import ConfigError
 
 

@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from fake_participant import live_processes, started_pids
-from fedpft_algo import cli, launcher
+from fedpft_algo import cli
+from fedpft_algo.launch import launcher
 
 TESTS_DIR = Path(__file__).resolve().parent
 CONFIG_DIR = TESTS_DIR.parent / "fedml_config"
@@ -181,7 +182,7 @@ def _stopped_run(tmp_path, *, checkpointed=True, fingerprint=None, rounds_done=1
     """A run directory as a stopped ``fedpft run`` leaves it (config.yaml, maybe a checkpoint)."""
     import torch
 
-    from fedpft_algo import checkpoint
+    from fedpft_algo.rundir import checkpoint
 
     run_dir = tmp_path / "stopped"
     run_dir.mkdir()
@@ -266,7 +267,7 @@ def test_console_script_reports_input_errors_on_one_line(tmp_path):
 
 
 def test_ctrl_c_stops_every_participant_and_exits_1(tmp_path):
-    code = ("import sys; import fedpft_algo.launcher as l; l.PARTICIPANT_MODULE = 'fake_participant'; "
+    code = ("import sys; import fedpft_algo.launch.launcher as l; l.PARTICIPANT_MODULE = 'fake_participant'; "
             "from fedpft_algo.cli import main; sys.exit(main())")
     env = dict(os.environ, PYTHONPATH=str(TESTS_DIR), FAKE_HANG="1:1")
     out_dir = tmp_path / "out"

@@ -6,7 +6,7 @@ import sys
 
 
 def _probe(model_dir, kind):
-    command = [sys.executable, "-m", "fedpft_algo.client_cost", "--model", str(model_dir), "--kind", kind,
+    command = [sys.executable, "-m", "fedpft_algo.bench.client_cost", "--model", str(model_dir), "--kind", kind,
                "--task", "rotten_tomatoes", "--examples", "16", "--batch-size", "8", "--repeats", "1",
                "--config-json", json.dumps({"retained_layers": [0]}), "--profile"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300,

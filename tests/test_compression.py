@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig
 
-from fedpft_algo.arch import arch_of, find_layers, layer_linear
-from fedpft_algo.compression import (
+from fedpft_algo.core.arch import arch_of, find_layers, layer_linear
+from fedpft_algo.core.compression import (
     WIDTHS_ATTR,
     build_sub_model,
     build_sub_model_skeleton,

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedpft_algo import checkpoint, launcher
+from fedpft_algo.rundir import checkpoint
+from fedpft_algo.launch import launcher
 
 TESTS_DIR = Path(__file__).resolve().parent
 CONFIG_DIR = TESTS_DIR.parent / "fedml_config"

@@ -4,13 +4,13 @@ import copy
 import pytest
 import torch
 
-from fedpft_algo.arch import find_layers
-from fedpft_algo.compression import build_sub_model, encoder_parameters
+from fedpft_algo.core.arch import find_layers
+from fedpft_algo.core.compression import build_sub_model, encoder_parameters
 from fedpft_algo.config import FedPFTConfig
-from fedpft_algo.fedot import (LAYER_MAP_ATTR, adapter_layers, add_emulator_lora, align_emulator_, build_emulator,
+from fedpft_algo.methods.fedot import (LAYER_MAP_ATTR, adapter_layers, add_emulator_lora, align_emulator_, build_emulator,
                                build_emulator_skeleton, distillation_targets, emulator_layer_map, full_model_names,
                                plug_in_mapped_, uniform_layer_map)
-from fedpft_algo.lora import add_lora, is_trainable_name, plug_in_, trainable_state
+from fedpft_algo.core.lora import add_lora, is_trainable_name, plug_in_, trainable_state
 
 FEDOT = FedPFTConfig(method="fedot")
 

@@ -5,11 +5,11 @@ from collections import OrderedDict
 import pytest
 import torch
 
-from fedpft_algo.compression import build_sub_model
+from fedpft_algo.core.compression import build_sub_model
 from fedpft_algo.config import FedPFTConfig
-from fedpft_algo.fedot import add_emulator_lora, build_emulator, full_model_names, plug_in_mapped_
-from fedpft_algo.gradient_error import GradientProbe, compare, probe_batch, trainable_gradients
-from fedpft_algo.lora import add_lora, is_trainable_name, plug_in_, trainable_state
+from fedpft_algo.methods.fedot import add_emulator_lora, build_emulator, full_model_names, plug_in_mapped_
+from fedpft_algo.core.gradient_error import GradientProbe, compare, probe_batch, trainable_gradients
+from fedpft_algo.core.lora import add_lora, is_trainable_name, plug_in_, trainable_state
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

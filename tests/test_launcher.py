@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from fake_participant import live_processes, started_pids
-from fedpft_algo import launcher, results
+from fedpft_algo.launch import launcher, results
 from fedpft_algo.errors import ConfigError
 
 TESTS_DIR = Path(__file__).resolve().parent

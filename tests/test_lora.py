@@ -4,10 +4,10 @@ import copy
 import pytest
 import torch
 
-from fedpft_algo.arch import get_arch
-from fedpft_algo.compression import build_sub_model
+from fedpft_algo.core.arch import get_arch
+from fedpft_algo.core.compression import build_sub_model
 from fedpft_algo.config import FedPFTConfig
-from fedpft_algo.lora import add_lora, is_trainable_name, lora_config, plug_in_, trainable_state
+from fedpft_algo.core.lora import add_lora, is_trainable_name, lora_config, plug_in_, trainable_state
 
 
 def _trainable_names(model):
@@ -180,7 +180,7 @@ def test_plug_in_works_on_a_deep_copy_independently(make_tiny_model):
 def test_gradient_checkpointing_gives_the_same_lora_gradients(make_tiny_model, model_type):
     # Prepare: two copies of one LoRA-wrapped sub-FM in train mode (dropout on), one checkpointed
     from conftest import build_tiny_inputs
-    from fedpft_algo.lora import enable_gradient_checkpointing
+    from fedpft_algo.core.lora import enable_gradient_checkpointing
 
     config = FedPFTConfig(lora_dropout=0.1)
     sub, _ = build_sub_model(make_tiny_model(model_type), config)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedpft_algo import launcher
+from fedpft_algo.launch import launcher
 from test_fedml_integration import CONFIG_DIR, small_run_overrides
 
 pytestmark = pytest.mark.timeout(420)

@@ -6,7 +6,7 @@ import torch
 
 from fedpft_algo.config import FedPFTConfig
 from fedpft_algo.errors import ConfigError
-from fedpft_algo.privacy import clip_and_noise, epsilon
+from fedpft_algo.core.privacy import clip_and_noise, epsilon
 
 
 def _states():

@@ -5,8 +5,8 @@ import time
 import torch
 from torch import nn
 
-from fedpft_algo.alignment import AlignmentReport
-from fedpft_algo.proxy import load_or_align
+from fedpft_algo.core.alignment import AlignmentReport
+from fedpft_algo.methods.cache import load_or_align
 
 
 def _aligner(calls, value):

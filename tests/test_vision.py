@@ -13,16 +13,16 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForImageClassification
 
-from fedpft_algo import vision
-from fedpft_algo.alignment import align_layers_
-from fedpft_algo.compression import build_sub_model, build_sub_model_skeleton, ffn_widths
+from fedpft_algo.bench import vit_pretrain as vision
+from fedpft_algo.core.alignment import align_layers_
+from fedpft_algo.core.compression import build_sub_model, build_sub_model_skeleton, ffn_widths
 from fedpft_algo.config import FedPFTConfig
 from fedpft_algo.data.loaders import ImageCollator, image_spec, make_loader
 from fedpft_algo.data.tasks import load_task
 from fedpft_algo.errors import ConfigError, DataError, ModelError
-from fedpft_algo.lora import add_lora, plug_in_, trainable_state
+from fedpft_algo.core.lora import add_lora, plug_in_, trainable_state
 from fedpft_algo.models import load_full_model
-from fedpft_algo.stats import ActivationStatistics
+from fedpft_algo.core.stats import ActivationStatistics
 
 TINY = dict(dataset="digits", epochs=3, image_size=8, patch_size=4, hidden_size=32, num_layers=4, num_heads=2,
             ffn_ratio=4, batch_size=32, lr=3e-3, max_shift=0, seed=0, threads=1)

@@ -16,7 +16,7 @@ from typing import Dict, Optional, Tuple
 
 from torch import nn
 
-from .errors import ModelError
+from ..errors import ModelError
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def get_arch(model_type: str) -> ArchSpec:
     except KeyError:
         raise ModelError(
             f"model_type {model_type!r} is not supported (known: {', '.join(sorted(_REGISTRY))}); "
-            "register it with fedpft_algo.arch.register_arch(model_type, ArchSpec(...))"
+            "register it with fedpft_algo.register_arch(model_type, ArchSpec(...))"
         ) from None
 
 

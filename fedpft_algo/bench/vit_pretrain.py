@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .errors import ConfigError, DataError
+from ..errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def image_processor_for(model_config):
     """The ``ViTImageProcessor`` that reproduces :func:`~fedpft_algo.data.loaders.image_spec` of the config."""
     from transformers import ViTImageProcessor
 
-    from .data.loaders import image_spec
+    from ..data.loaders import image_spec
 
     spec = image_spec(model_config)
     return ViTImageProcessor(do_resize=True, size={"height": spec.height, "width": spec.width}, do_rescale=True,
@@ -189,8 +189,8 @@ def pretrain_vit(out_dir, *, dataset: str = DEFAULTS["dataset"], epochs: int = D
     import torch
     import transformers
 
-    from .data.loaders import ImageCollator, image_spec
-    from .data.tasks import load_task
+    from ..data.loaders import ImageCollator, image_spec
+    from ..data.tasks import load_task
 
     task = load_task(dataset, max_train=max_train, max_test=max_test, seed=seed)
     if task.modality != "image":

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from .compat import load_fedml
+from ..compat import load_fedml
 
 logger = logging.getLogger(__name__)
 

@@ -16,12 +16,12 @@ from typing import Optional
 
 import torch
 
-from .compat import load_fedml
-from .lora import enable_gradient_checkpointing, trainable_state
-from .privacy import clip_and_noise
+from ..compat import load_fedml
+from ..core.lora import enable_gradient_checkpointing, trainable_state
+from ..core.privacy import clip_and_noise
 from .payload import CONTROL_PREFIX, METRICS_PREFIX, load_payload_, split_prefixed
 from .settings import RunSettings, reseed_
-from .stats import ActivationStatistics
+from ..core.stats import ActivationStatistics
 
 ClientTrainer = load_fedml().core.ClientTrainer
 logger = logging.getLogger(__name__)
@@ -130,6 +130,6 @@ class FedPFTTrainer(ClientTrainer):
             self.model.train()
 
     def test(self, test_data, device, args):
-        from .evaluate import evaluate
+        from ..core.evaluate import evaluate
 
         return evaluate(self.model.to(device), test_data, device)

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Tuple
 
-from .config import FedPFTConfig
-from .errors import ConfigError
+from ..config import FedPFTConfig
+from ..errors import ConfigError
 
 
 @dataclass(frozen=True)

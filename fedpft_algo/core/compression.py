@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .arch import ArchSpec, arch_of, ffn_size, find_layers, get_arch, layer_linear, num_layers, set_layer_module
-from .config import FedPFTConfig
+from ..config import FedPFTConfig
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def build_sub_model_skeleton(model_config, config: Optional[FedPFTConfig] = None
     The widths come from ``model_config.fedpft_ffn_widths`` when present (a saved sub-FM),
     otherwise from ``config`` (the FedPFT settings the server used).
     """
-    from .models import model_class_for
+    from ..models import model_class_for
 
     model_class = model_class or model_class_for(model_config)
     widths = getattr(model_config, WIDTHS_ATTR, None)

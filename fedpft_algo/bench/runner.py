@@ -21,14 +21,14 @@ The bench yaml is a FedML config (the base of every run) plus a ``bench:`` secti
       variants: {fedpft_t5: {method: fedpft, set: {fedpft_align_interval: 5}}}  # a method with other settings
 
 Methods are the FedPFT family (:data:`fedpft_algo.config.METHODS`, run by
-``python -m fedpft_algo.participant``) and FedML's baselines (:data:`fedpft_algo.baselines.BASELINES`,
-run by ``python -m fedpft_algo.baselines`` in FedML's own sp simulator). Every cell (method x task
+``python -m fedpft_algo.participant``) and FedML's baselines (:data:`fedpft_algo.runtime.baselines.BASELINES`,
+run by ``python -m fedpft_algo.runtime.baselines`` in FedML's own sp simulator). Every cell (method x task
 x partition x seed) is one such subprocess in FedML's ``sp`` mode, started and watched by the
 launcher with a per-cell timeout. A finished cell is recorded in ``results.json`` with a hash of
 its config and is not run again (resume by re-running the same command); a changed config reruns
-it. Client cost is measured by :mod:`fedpft_algo.client_cost` probes in processes of their own,
+it. Client cost is measured by :mod:`fedpft_algo.bench.client_cost` probes in processes of their own,
 once per (model, client kind). The report (``results.csv``, ``results.md``, PNG plots) is in
-:mod:`fedpft_algo.bench_report`.
+:mod:`fedpft_algo.bench.report`.
 """
 from __future__ import annotations
 
@@ -46,12 +46,12 @@ from typing import Any, Dict, Optional
 
 import yaml
 
-from .baselines import BASELINES
-from .bench_spec import _flat, _namespace
+from ..runtime.baselines import BASELINES
+from .spec import _flat, _namespace
 # re-exported: the bench's public names live in bench_spec
-from .bench_spec import BenchSpec, Cell, cell_config, config_hash, load_spec, plan_cells
-from .config import FedPFTConfig
-from .errors import ConfigError
+from .spec import BenchSpec, Cell, cell_config, config_hash, load_spec, plan_cells
+from ..config import FedPFTConfig
+from ..errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def run_cell(spec: BenchSpec, cell: Cell, out: Path, stop: Optional[threading.Ev
     """Run one cell as its own sp subprocess; returns its record (raises launcher.RunFailed).
 
     ``stop`` (set from another thread) ends the cell as Ctrl-C would."""
-    from . import launcher
+    from ..launch import launcher
 
     config = cell_config(spec, cell, out / "cache")
     run_dir = out / "cells" / cell.id
@@ -74,7 +74,7 @@ def run_cell(spec: BenchSpec, cell: Cell, out: Path, stop: Optional[threading.Ev
     if baseline:  # FedML's optimiser names: outside the FedPFT launcher's FedAvg-only check
         plan = launcher.RunPlan(config=config, config_file=spec.path, training_type="simulation", backend="sp",
                                 num_clients=int(flat["client_num_per_round"]), comm_round=int(flat["comm_round"]))
-        module = "fedpft_algo.baselines"
+        module = "fedpft_algo.runtime.baselines"
     else:
         path = out / "configs" / f"{cell.id}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,7 +89,7 @@ def run_cell(spec: BenchSpec, cell: Cell, out: Path, stop: Optional[threading.Ev
     rounds = launcher.launch(plan, run_dir, timeout=spec.cell_timeout, round_timeout=spec.cell_timeout,
                              participant_module=module, progress=False, stop=stop)
     wall = time.monotonic() - start
-    from .bench_report import cell_record
+    from .report import cell_record
 
     record = cell_record(cell, rounds, wall)
     record["base_method"] = spec.base_method(cell.method)
@@ -118,7 +118,7 @@ class _QuietBaselines(logging.Filter):
 
 
 _QUIET = _QuietBaselines()
-logging.getLogger("fedpft_algo.launcher").addFilter(_QUIET)
+logging.getLogger("fedpft_algo.launch.launcher").addFilter(_QUIET)
 
 
 def _producers_first(spec: BenchSpec, cells):
@@ -137,8 +137,8 @@ def _run_cells(spec: BenchSpec, cells, out: Path, records, failures, bar) -> Non
     """Run ``cells``, ``spec.jobs`` at a time, recording each as it finishes (in this thread)."""
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-    from . import launcher
-    from .runlog import write_json_atomic
+    from ..launch import launcher
+    from ..rundir.records import write_json_atomic
 
     stop = threading.Event()
     pending = list(cells)
@@ -216,7 +216,7 @@ def run_probe(spec: BenchSpec, model: str, kind: str, task: str, timeout: float,
     """One client-cost probe process; ``config``: the cell config whose client it measures (default: the base)."""
     flat = _flat(config or spec.base)
     fedpft = FedPFTConfig.from_args(_namespace(flat))
-    command = [sys.executable, "-m", "fedpft_algo.client_cost", "--model", model, "--kind", kind, "--task", task,
+    command = [sys.executable, "-m", "fedpft_algo.bench.client_cost", "--model", model, "--kind", kind, "--task", task,
                "--examples", str(spec.probe_examples), "--batch-size", str(flat.get("batch_size", 16)),
                "--max-length", str(fedpft.max_length), "--config-json", json.dumps(fedpft.to_dict()),
                "--learning-rate", str(flat.get("learning_rate", 8e-4)),
@@ -250,10 +250,10 @@ def run_bench(spec: BenchSpec, out: Path, *, methods=None, tasks=None, partition
     """
     from tqdm.auto import tqdm
 
-    from . import launcher
-    from .bench_report import write_report
+    from ..launch import launcher
+    from .report import write_report
     from .client_cost import kind_of
-    from .runlog import write_json_atomic
+    from ..rundir.records import write_json_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     cells, notes = plan_cells(spec, methods, tasks, partitions)

@@ -57,8 +57,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-from .config import FedPFTConfig
-from .errors import ConfigError
+from ..config import FedPFTConfig
+from ..errors import ConfigError
 from .results import METRICS_JSONL, MetricsTail, format_round
 
 logger = logging.getLogger(__name__)
@@ -126,11 +126,11 @@ def preflight(plan: RunPlan) -> None:
     """Load what the participants will load - the data set, the FM's config (hash-checked), its layer
     layout, the client split - so that a data or model mistake is a one-line error before any
     process starts. Raises :class:`~fedpft_algo.errors.FedPFTError`."""
-    from .arch import get_arch, num_layers
-    from .data.partition import partition
-    from .data.tasks import load_task
-    from .models import load_model_config
-    from .settings import RunSettings
+    from ..core.arch import get_arch, num_layers
+    from ..data.partition import partition
+    from ..data.tasks import load_task
+    from ..models import load_model_config
+    from ..runtime.settings import RunSettings
 
     settings = RunSettings.from_args(types.SimpleNamespace(**flatten(plan.config)))
     task = load_task(settings.dataset, text_columns=settings.text_columns, label_column=settings.label_column,
@@ -153,7 +153,7 @@ def plan_resume(run_dir: os.PathLike) -> RunPlan:
     pre-round hook and numbers rounds from ``resume_round``. ``metrics.jsonl`` is cut back to the
     checkpoint's rounds. Raises :class:`ConfigError`; starts nothing.
     """
-    from . import checkpoint
+    from ..rundir import checkpoint
 
     run_dir = Path(run_dir).expanduser().resolve()
     config_path = run_dir / "config.yaml"
@@ -183,8 +183,8 @@ def plan_resume(run_dir: os.PathLike) -> RunPlan:
 
 def restart_records(run_dir: Path, plan: RunPlan) -> None:
     """Before a resumed run starts: metrics of the checkpoint's rounds only; no stale status files."""
-    from . import checkpoint
-    from .runlog import write_text_atomic
+    from ..rundir import checkpoint
+    from ..rundir.records import write_text_atomic
 
     history = checkpoint.read(Path(flatten(plan.config)["resume_checkpoint"])).meta["history"]
     write_text_atomic(run_dir / METRICS_JSONL, "".join(json.dumps(row) + "\n" for row in history))

@@ -14,7 +14,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
 from .arch import get_arch
-from .config import FedPFTConfig
+from ..config import FedPFTConfig
 
 _TRAINABLE_MARKERS = ("lora_A.", "lora_B.", ".modules_to_save.")
 

@@ -25,8 +25,8 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
-from .errors import ConfigError
-from .runlog import write_bytes_atomic
+from ..errors import ConfigError
+from .records import write_bytes_atomic
 
 CHECKPOINT_DIR = "checkpoint"
 FORMAT = 1

@@ -16,10 +16,10 @@ from typing import Callable, Optional, Sequence, Tuple
 from safetensors.torch import load_file
 from torch import nn
 
-from .alignment import AlignmentReport, align_layers_
-from .arch import find_layers, num_layers
-from .compression import KeepIndex, build_sub_model
-from .config import FedPFTConfig
+from ..core.alignment import AlignmentReport, align_layers_
+from ..core.arch import find_layers, num_layers
+from ..core.compression import KeepIndex, build_sub_model
+from ..config import FedPFTConfig
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def save_tensors_atomic(model: nn.Module, names, path: Path) -> None:
     so that a crash never leaves a half-written cache entry."""
     from safetensors.torch import save
 
-    from .runlog import write_bytes_atomic
+    from ..rundir.records import write_bytes_atomic
 
     state = model.state_dict()
     write_bytes_atomic(path, save({name: state[name].detach().cpu().contiguous() for name in names}))
@@ -100,7 +100,7 @@ def load_or_align(model: nn.Module, path: Optional[Path], align: Callable[[], Al
     """
     if path is None:
         return align(), False
-    from .runlog import file_lock
+    from ..rundir.records import file_lock
 
     with file_lock(path.with_name(path.name + ".lock")):
         if path.exists():

@@ -15,9 +15,9 @@ client per round are the whole model's tensors. FedML tests the global model eve
 the task's test set (only client 0 carries the test loader, so FedML evaluates it once per round);
 its result, which FedML only logs, is read from its log record and written as one row of
 ``metrics.jsonl`` per round, like the FedPFT server writes. After the last round the final model
-is evaluated once more with :func:`fedpft_algo.evaluate.evaluate` for macro-F1.
+is evaluated once more with :func:`fedpft_algo.core.evaluate.evaluate` for macro-F1.
 
-    python -m fedpft_algo.baselines --cf config.yaml     # config: backend sp, federated_optimizer FedProx, ...
+    python -m fedpft_algo.runtime.baselines --cf config.yaml     # config: backend sp, federated_optimizer FedProx, ...
 """
 from __future__ import annotations
 
@@ -30,10 +30,10 @@ from typing import Callable, Dict, Optional
 import torch
 from torch import nn
 
-from .compat import load_fedml
-from .errors import ConfigError
+from ..compat import load_fedml
+from ..errors import ConfigError
 
-logger = logging.getLogger("fedpft_algo.baselines")
+logger = logging.getLogger("fedpft_algo.runtime.baselines")
 
 # bench method name -> FedML's federated_optimizer
 BASELINES: Dict[str, str] = {"fedavg": "FedAvg", "fedprox": "FedProx", "fedopt": "FedOpt", "fednova": "FedNova"}
@@ -129,11 +129,11 @@ def run(args) -> None:
     fedml = load_fedml()
     from fedml import FedMLRunner
 
-    from .data.loaders import build_fedml_dataset
-    from .data.tasks import load_task
-    from .evaluate import evaluate
-    from .models import load_full_model, load_tokenizer
-    from .runlog import RunLog
+    from ..data.loaders import build_fedml_dataset
+    from ..data.tasks import load_task
+    from ..core.evaluate import evaluate
+    from ..models import load_full_model, load_tokenizer
+    from ..rundir.records import RunLog
     from .settings import RunSettings
 
     if not (args.training_type == "simulation" and args.backend == "sp"):

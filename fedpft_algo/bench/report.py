@@ -2,7 +2,7 @@
 
 A record is one finished cell: what its server wrote per round (``metrics.jsonl``: accuracy,
 bytes, alignment times, gradient error) summarised, plus the client cost its method's probe
-measured in a process of its own (:mod:`fedpft_algo.client_cost`). The targets of the
+measured in a process of its own (:mod:`fedpft_algo.bench.client_cost`). The targets of the
 benchmark (issue 5) are computed from the records, never assumed.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from .client_cost import kind_of
-from .runlog import write_json_atomic
+from ..rundir.records import write_json_atomic
 
 FAMILY = ("fedpft", "fedpft_b", "fedpft_d", "fedpft_n", "fedot", "fedpetuning")
 CSV_COLUMNS = ("method", "task", "partition", "seed", "model", "rounds", "final_accuracy", "best_accuracy",
@@ -104,7 +104,7 @@ def _by(records, *keys) -> Dict[tuple, List[Dict[str, Any]]]:
 
 
 def _ordered_methods(records) -> List[str]:
-    from .bench_spec import ALL_METHODS
+    from .spec import ALL_METHODS
 
     present = {r["method"] for r in records}
     return [m for m in ALL_METHODS if m in present] + sorted(present - set(ALL_METHODS))  # then the variants
@@ -118,7 +118,7 @@ def _fmt(value, kind: str = "float") -> str:
     if kind == "points":
         return f"{value:+.1f}"
     if kind == "bytes":
-        from .results import format_bytes
+        from ..launch.results import format_bytes
 
         return format_bytes(value)
     if kind == "int":

@@ -20,10 +20,10 @@ It trains one local epoch on ``examples`` real task examples (after one untimed 
 other processes on a shared machine; every repeat is listed too), the peak RSS from the moment the data
 is loaded (the peak is reset there on Linux), the RSS before the model was built (interpreter, torch,
 data) and right after, parameter counts, the client model's bytes (its first download) and the per-token
-FLOPs of its transformer layers (:func:`fedpft_algo.compression.flops_per_token`). ``fedml`` is
+FLOPs of its transformer layers (:func:`fedpft_algo.core.compression.flops_per_token`). ``fedml`` is
 not imported (a FedML client process carries ~460 MB more, the same for every method).
 
-    python -m fedpft_algo.client_cost --model minilm-l6 --kind sub_model --task rotten_tomatoes
+    python -m fedpft_algo.bench.client_cost --model minilm-l6 --kind sub_model --task rotten_tomatoes
 """
 from __future__ import annotations
 
@@ -85,10 +85,10 @@ def kind_of(method: str) -> str:
 
 def _client_model(kind: str, model_config, config):
     """(model to train, model whose layers count the FLOPs)."""
-    from .compression import build_sub_model_skeleton
-    from .fedot import add_emulator_lora, build_emulator_skeleton
-    from .lora import add_lora
-    from .models import model_class_for
+    from ..core.compression import build_sub_model_skeleton
+    from ..methods.fedot import add_emulator_lora, build_emulator_skeleton
+    from ..core.lora import add_lora
+    from ..models import model_class_for
 
     model_class = model_class_for(model_config)
     if kind == "sub_model":
@@ -108,11 +108,11 @@ def probe(model: str, kind: str, task: str, *, examples: int = 64, batch_size: i
           fedprox_mu: float = 0.01, seed: int = 0, repeats: int = 3, profile: bool = False) -> Dict:
     import torch
 
-    from .compression import count_parameters, flops_per_token
-    from .config import FedPFTConfig
-    from .data.loaders import encode_inputs, make_collator, make_loader
-    from .data.tasks import load_task
-    from .models import load_model_config, load_tokenizer
+    from ..core.compression import count_parameters, flops_per_token
+    from ..config import FedPFTConfig
+    from ..data.loaders import encode_inputs, make_collator, make_loader
+    from ..data.tasks import load_task
+    from ..models import load_model_config, load_tokenizer
 
     if kind not in KINDS:
         raise ValueError(f"kind {kind!r}: expected one of {', '.join(KINDS)}")
@@ -129,7 +129,7 @@ def probe(model: str, kind: str, task: str, *, examples: int = 64, batch_size: i
     client, skeleton = _client_model(kind, model_config, config)
     full = kind in ("full_model", "full_prox")
     if config.gradient_checkpointing and not full:  # as FedPFTTrainer does; FedML's trainer has no such option
-        from .lora import enable_gradient_checkpointing
+        from ..core.lora import enable_gradient_checkpointing
 
         enable_gradient_checkpointing(client)
     built_rss = current_rss_mb()
@@ -188,7 +188,7 @@ def _profile(loader, step, top: int = 15) -> Dict[str, float]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fedpft_algo.client_cost", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m fedpft_algo.bench.client_cost", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--kind", required=True, choices=KINDS)
     parser.add_argument("--task", required=True)

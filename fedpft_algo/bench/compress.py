@@ -13,18 +13,18 @@ from typing import Optional
 
 import torch
 
-from .compression import build_sub_model, count_parameters, encoder_parameters, flops_per_token
-from .config import FedPFTConfig
-from .alignment import align_layers_
-from .arch import num_layers
+from ..core.compression import build_sub_model, count_parameters, encoder_parameters, flops_per_token
+from ..config import FedPFTConfig
+from ..core.alignment import align_layers_
+from ..core.arch import num_layers
 
 
 def compress_report(model: str = "minilm-l6", *, dataset: str = "rotten_tomatoes", config: Optional[FedPFTConfig] = None,
                     seed: int = 0, out: Optional[Path] = None, cache_dir: Optional[Path] = None) -> dict:
-    from .data.loaders import encode_inputs, make_collator, make_loader
-    from .data.public import default_public_name, load_public
-    from .data.tasks import load_task
-    from .models import load_full_model, load_model_config, load_tokenizer
+    from ..data.loaders import encode_inputs, make_collator, make_loader
+    from ..data.public import default_public_name, load_public
+    from ..data.tasks import load_task
+    from ..models import load_full_model, load_model_config, load_tokenizer
 
     config = config or FedPFTConfig()
     start = time.perf_counter()

@@ -1,7 +1,7 @@
 """``FedPFTAggregator``: the server side of FedPFT as a FedML ``ServerAggregator``.
 
 FedML's call order on the server (measured for MPI simulation with the hooked aggregator of
-:mod:`fedpft_algo.fedml_hooks`, and for cross-silo over MPI and GRPC):
+:mod:`fedpft_algo.runtime.hooks`, and for cross-silo over MPI and GRPC):
 
     get_model_params (round 0 payload)                      <- pre-round hook runs here, once
     per round: on_before_aggregation -> aggregate -> on_after_aggregation
@@ -27,21 +27,21 @@ from typing import List, Optional, Sequence
 import torch
 from safetensors.torch import save_file
 
-from . import checkpoint
-from .aggregation import sum_tensors, weighted_average
-from .alignment import align_neurons_
-from .arch import num_layers
-from .compat import load_fedml
-from .errors import ConfigError
-from .evaluate import evaluate
-from .gradient_error import GradientProbe, probe_batch
-from .lora import add_lora, is_trainable_name, plug_in_, trainable_state
+from ..rundir import checkpoint
+from ..core.aggregation import sum_tensors, weighted_average
+from ..core.alignment import align_neurons_
+from ..core.arch import num_layers
+from ..compat import load_fedml
+from ..errors import ConfigError
+from ..core.evaluate import evaluate
+from ..core.gradient_error import GradientProbe, probe_batch
+from ..core.lora import add_lora, is_trainable_name, plug_in_, trainable_state
 from .payload import METRICS_PREFIX, control, load_payload_, nbytes, split_prefixed
-from .privacy import epsilon
-from .proxy import prepare_sub_model
-from .runlog import RunLog
+from ..core.privacy import epsilon
+from ..methods.cache import prepare_sub_model
+from ..rundir.records import RunLog
 from .settings import RunSettings, reseed_
-from .stats import STATS_PREFIX, activity_scores, select_updated_neurons
+from ..core.stats import STATS_PREFIX, activity_scores, select_updated_neurons
 
 ServerAggregator = load_fedml().core.ServerAggregator
 logger = logging.getLogger(__name__)
@@ -228,7 +228,7 @@ class FedPFTAggregator(ServerAggregator):
 
     # ------------------------------------------------------------------ checkpoint and resume
     def save_checkpoint(self) -> Optional[Path]:
-        """Everything the next round needs (see :mod:`fedpft_algo.checkpoint`); None without a run dir."""
+        """Everything the next round needs (see :mod:`fedpft_algo.rundir.checkpoint`); None without a run dir."""
         run_dir = self.settings.run_dir
         if run_dir is None:
             return None
@@ -264,14 +264,14 @@ class FedPFTAggregator(ServerAggregator):
     # ------------------------------------------------------------------ FedOT and the gradient error
     def _client_lora(self, proxy: torch.nn.Module):
         if self.config.method == "fedot":  # LoRA on the emulator's adapter layers only
-            from .fedot import add_emulator_lora
+            from ..methods.fedot import add_emulator_lora
 
             return add_emulator_lora(proxy, self.config)
         return add_lora(proxy, self.config)
 
     def _plug_into_full_model(self, state) -> None:
         if self.config.method == "fedot":  # emulator layer i is FM layer layer_map[i]
-            from .fedot import emulator_layer_map, plug_in_mapped_
+            from ..methods.fedot import emulator_layer_map, plug_in_mapped_
 
             plug_in_mapped_(self.model, state, emulator_layer_map(self.sub_model.config))
         else:
@@ -284,8 +284,8 @@ class FedPFTAggregator(ServerAggregator):
         if getattr(self, "_grad_probe", None) is None:
             rename = None
             if self.config.method == "fedot":
-                from .arch import arch_of
-                from .fedot import emulator_layer_map, full_model_names
+                from ..core.arch import arch_of
+                from ..methods.fedot import emulator_layer_map, full_model_names
 
                 layer_map, layers = emulator_layer_map(self.sub_model.config), arch_of(self.model).layers
                 rename = lambda state: full_model_names(state, layer_map, layers)  # noqa: E731

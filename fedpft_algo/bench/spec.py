@@ -1,6 +1,6 @@
 """The bench yaml (``bench:`` section + the FedML config every cell starts from) and the cell matrix.
 
-:func:`load_spec` reads and validates the yaml (see :mod:`fedpft_algo.bench` for its keys),
+:func:`load_spec` reads and validates the yaml (see :mod:`fedpft_algo.bench.runner` for its keys),
 :func:`plan_cells` expands methods x tasks x partitions x seeds (plus the optional vision cells) and
 :func:`cell_config` writes one cell's FedML config: the FedPFT family selects its method with
 ``fedpft_method``; FedML's baselines with FedML's own ``federated_optimizer``.
@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .baselines import BASELINES
-from .config import METHODS, FedPFTConfig
-from .errors import ConfigError, FedPFTError
+from ..runtime.baselines import BASELINES
+from ..config import METHODS, FedPFTConfig
+from ..errors import ConfigError, FedPFTError
 
 ALL_METHODS = METHODS + tuple(BASELINES)
 _BENCH_KEYS = {"methods", "tasks", "partitions", "seeds", "cell_timeout", "probe_examples", "baseline_args",
@@ -77,7 +77,7 @@ class BenchSpec:
 
 # ---------------------------------------------------------------------- the bench yaml
 def load_spec(path: os.PathLike, *, smoke: bool = False) -> BenchSpec:
-    from .launcher import load_config, resolve_paths
+    from ..launch.launcher import load_config, resolve_paths
 
     path = Path(path).expanduser().resolve()
     config = load_config(path)
@@ -227,7 +227,7 @@ def plan_cells(spec: BenchSpec, methods: Optional[Sequence[str]] = None, tasks: 
     ``runnable_only=False`` plans the whole matrix the yaml names, whether or not this machine can run
     every cell of it now (the report's view: cells finished elsewhere or earlier still belong to it).
     """
-    from .data.tasks import load_task
+    from ..data.tasks import load_task
 
     notes, available = [], []
     for task in spec.tasks:

@@ -41,10 +41,10 @@ from typing import List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .alignment import AlignmentReport, _distil, _OnlyTrain, evaluate_alignment
-from .arch import arch_of, find_layers, get_arch
-from .config import FedPFTConfig
-from .lora import copy_checked_, is_trainable_name, lora_config
+from ..core.alignment import AlignmentReport, _distil, _OnlyTrain, evaluate_alignment
+from ..core.arch import arch_of, find_layers, get_arch
+from ..config import FedPFTConfig
+from ..core.lora import copy_checked_, is_trainable_name, lora_config
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +82,8 @@ def uniform_layer_map(num_full_layers: int, kept_middle: int) -> Tuple[int, ...]
 
 def _parameter_budget(model_config, config: FedPFTConfig) -> Tuple[List[int], int]:
     """(parameters of each FM layer, transformer-layer parameters of FedPFT's sub-FM), from shapes only."""
-    from .compression import build_sub_model_skeleton, encoder_parameters
-    from .models import model_class_for
+    from ..core.compression import build_sub_model_skeleton, encoder_parameters
+    from ..models import model_class_for
 
     fedpft = dataclasses.replace(config, method="fedpft")  # the sub-FM FedPFT would build with these settings
     with torch.device("meta"):  # shapes only: nothing is allocated, no weights are read
@@ -161,7 +161,7 @@ def build_emulator(full_model: nn.Module, config: FedPFTConfig) -> nn.Module:
 
 def build_emulator_skeleton(model_config, config: Optional[FedPFTConfig] = None, *, model_class=None) -> nn.Module:
     """The emulator's architecture from configuration alone (random weights; a client fills it)."""
-    from .models import model_class_for
+    from ..models import model_class_for
 
     layer_map = emulator_layer_map(model_config, config)
     emulator_config = copy.deepcopy(model_config)
@@ -209,7 +209,7 @@ def plug_in_mapped_(full_model: nn.Module, state: Mapping[str, torch.Tensor], la
 
     Every tensor must land on a LoRA/head tensor of the FM with the same shape, and the whole
     head must be given. FM layers without a mapped adapter keep their LoRA as initialised
-    (B = 0: no effect); nothing else of the FM changes. (:func:`fedpft_algo.lora.plug_in_` stays
+    (B = 0: no effect); nothing else of the FM changes. (:func:`fedpft_algo.core.lora.plug_in_` stays
     strict in both directions for FedPFT, where every LoRA tensor has a counterpart.)
     """
     mapped = full_model_names(state, layer_map, arch_of(full_model).layers)
@@ -268,7 +268,7 @@ def prepare_emulator(full_model: nn.Module, config: FedPFTConfig, public_batches
 
     Returns ``(emulator, {}, report, from_cache)`` in the shape of :func:`proxy.prepare_sub_model`.
     """
-    from .proxy import cache_key, load_or_align
+    from .cache import cache_key, load_or_align
 
     emulator = build_emulator(full_model, config)
     if not config.layer_alignment:

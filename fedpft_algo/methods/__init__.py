@@ -1,0 +1,1 @@
+"""fedpft_algo.methods."""
