@@ -58,3 +58,17 @@ def test_smollm2_gguf_with_another_hash_is_refused_before_conversion(monkeypatch
     with pytest.raises(ModelError, match=r"does not match the pinned hash of SmolLM2-135M-Instruct"):
         models.resolve_model_dir("smollm2-135m", tmp_path)
     assert not (tmp_path / "models" / "smollm2-135m-instruct").exists()
+
+
+def test_smollm2_instruction_example_labels_only_the_answer_after_the_chat_template(smollm2_dir):
+    from transformers import AutoTokenizer
+
+    from fedpft_algo.core.causal_lm import IGNORE_INDEX, encode_instruction
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    example = encode_instruction(tokenizer, "Is this review positive? 'a gripping film'", "yes", 64)
+
+    answer = [t for t, label in zip(example["input_ids"], example["labels"]) if label != IGNORE_INDEX]
+    prompt = tokenizer.decode(example["input_ids"][:len(example["input_ids"]) - len(answer)])
+    assert tokenizer.decode(answer) == "yes" + tokenizer.eos_token
+    assert prompt.rstrip().endswith("assistant") and "a gripping film" in prompt
