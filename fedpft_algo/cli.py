@@ -49,7 +49,8 @@ def _add_run_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .launch import launcher, results
+    from .launch import RunFailed, launch, plan_resume, plan_run, preflight, results
+    from .rundir.layout import RunDir
 
     for name in ("timeout", "round_timeout"):
         if not getattr(args, name) > 0:
@@ -57,24 +58,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.resume:
         if args.cf or args.overrides or args.out:
             raise ConfigError("--resume RUN_DIR takes the run's own config: drop --cf, --set and --out")
-        plan = launcher.plan_resume(args.resume)
+        plan = plan_resume(args.resume)
         run_dir, created = Path(args.resume).expanduser().resolve(), False
     elif not args.cf:
         raise ConfigError("fedpft run needs --cf FILE (a FedML yaml) or --resume RUN_DIR")
     else:
-        plan = launcher.plan_run(args.cf, args.overrides)   # every input check happens before the run dir exists
-        launcher.preflight(plan)
+        plan = plan_run(args.cf, args.overrides)   # every input check happens before the run dir exists
+        preflight(plan)
         run_dir, created = _make_run_dir(args.out, plan.config_file)
     try:
-        rounds = launcher.launch(plan, run_dir, timeout=args.timeout, round_timeout=args.round_timeout)
-    except launcher.RunFailed as exc:
+        rounds = launch(plan, run_dir, expect=[RunDir.FINAL_WEIGHTS], timeout=args.timeout,
+                        round_timeout=args.round_timeout)
+    except RunFailed as exc:
         input_error = _input_error(run_dir)
         if input_error:  # bad data or model found by a participant: an input error, not a failed run
             if created:
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise FedPFTError(input_error) from None
         print(f"fedpft: run failed: {exc}", file=sys.stderr)
-        print(f"fedpft: logs are in {run_dir / 'logs'}", file=sys.stderr)
+        print(f"fedpft: logs are in {RunDir(run_dir).logs}", file=sys.stderr)
         from .rundir.checkpoint import latest
 
         saved = latest(run_dir)
@@ -103,7 +105,7 @@ _INPUT_ERRORS = ("FedPFTError: ", "ConfigError: ", "DataError: ", "ModelError: "
 
 def _input_error(run_dir: Path) -> Optional[str]:
     """The one-line message of a participant that failed on user input (data, model, config)."""
-    from .launch.launcher import read_statuses
+    from .rundir.records import read_statuses
 
     for status in read_statuses(run_dir).values():
         error = status.get("error") or ""
@@ -140,7 +142,7 @@ def _add_compress_args(parser: argparse.ArgumentParser) -> None:
 
 def _cmd_compress(args: argparse.Namespace) -> int:
     from .config import FedPFTConfig
-    from .launch.launcher import parse_override
+    from .launch import parse_override
     from .bench.compress import compress_report, format_report
 
     values = dict(parse_override(item) for item in args.overrides)

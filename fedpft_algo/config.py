@@ -1,20 +1,28 @@
-"""The one typed configuration object of FedPFT.
+"""A run's configuration: the FedML yaml read once, into typed objects.
 
 ``FedPFTConfig`` holds every FedPFT setting, with the defaults of the paper (Peng et al.,
 "FedPFT: Federated Proxy Fine-Tuning of Foundation Models", IJCAI 2024). In a FedML yaml the
 fields live in a ``fedpft_args:`` section with the prefix ``fedpft_`` (FedML flattens all
 sections into one ``args`` namespace, so the prefix keeps them from colliding with FedML's keys).
-:meth:`FedPFTConfig.from_args` is the only place that reads ``args``; nothing below it does.
+The launcher, the bench and ``fedpft predict`` read a yaml with :func:`read_config` and build
+typed objects from its flat view (:func:`flatten`); a FedML process builds them from its ``args``.
+:class:`fedpft_algo.settings.RunSettings` adds the FedML keys the plugin uses.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import typing
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Tuple
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import yaml
 
 from .errors import ConfigError
+
+Sections = Dict[str, Dict[str, Any]]   # a FedML yaml: section -> key -> value
 
 PREFIX = "fedpft_"
 
@@ -186,10 +194,19 @@ class FedPFTConfig:
         return cls(**kwargs)
 
     @classmethod
+    def from_flat(cls, flat: Mapping[str, Any]) -> "FedPFTConfig":
+        """Build from a flat view of a config (:func:`flatten`, FedML's ``args``): every key named ``fedpft_*``."""
+        return cls.from_dict({k: v for k, v in flat.items() if k.startswith(PREFIX)}, prefix=PREFIX)
+
+    @classmethod
+    def from_sections(cls, config: Sections) -> "FedPFTConfig":
+        """Build from a FedML yaml's sections (the ``fedpft_*`` keys of any section)."""
+        return cls.from_flat(flatten(config))
+
+    @classmethod
     def from_args(cls, args: Any) -> "FedPFTConfig":
-        """Build from FedML's flattened ``args``: every attribute named ``fedpft_*``."""
-        values = {k: v for k, v in vars(args).items() if k.startswith(PREFIX)}
-        return cls.from_dict(values, prefix=PREFIX)
+        """Build from FedML's flattened ``args``."""
+        return cls.from_flat(vars(args))
 
 
 # ---------------------------------------------------------------------- validation helpers
@@ -250,3 +267,38 @@ def _check_types(config: FedPFTConfig) -> None:
             raise _error(f.name, value, allowed)
         if hint is float:
             object.__setattr__(config, f.name, float(value))
+
+
+# ====================================================================== the FedML yaml
+def read_config(path: os.PathLike) -> Sections:
+    """Read a FedML yaml: a mapping of non-empty sections, each a mapping of keys (else :class:`ConfigError`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"config file {path} is not valid YAML{line}: {problem}") from None
+    if not isinstance(config, dict) or not config:
+        raise ConfigError(f"config file {path} must be a mapping of sections (common_args:, train_args:, ...), "
+                          f"got {type(config).__name__}")
+    for section, keys in config.items():
+        if keys is None or keys == {}:
+            raise ConfigError(f"config file {path}: section {section!r} is empty (FedML cannot parse an empty "
+                              f"section): add keys or remove it")
+        if not isinstance(keys, dict):
+            raise ConfigError(f"config file {path}: section {section!r} must be a mapping of keys, "
+                              f"got {type(keys).__name__}")
+    return config
+
+
+def flatten(config: Mapping[str, Mapping[str, Any]]) -> Dict[str, Any]:
+    """FedML's view of a config: every key of every section, later sections winning."""
+    flat: Dict[str, Any] = {}
+    for keys in config.values():
+        if isinstance(keys, Mapping):
+            flat.update(keys)
+    return flat

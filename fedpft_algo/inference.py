@@ -13,17 +13,11 @@ from pathlib import Path
 from typing import List, Sequence, Tuple
 
 import torch
-import yaml
 from safetensors.torch import load_file
 
-from .config import FedPFTConfig
+from .config import FedPFTConfig, flatten, read_config
 from .errors import FedPFTError
-
-FINAL = Path("final") / "trainable.safetensors"
-
-
-def _flat(config: dict) -> dict:
-    return {k: v for section in config.values() if isinstance(section, dict) for k, v in section.items()}
+from .rundir.layout import RunDir
 
 
 def load_tuned_model(run_dir, device="cpu") -> Tuple[torch.nn.Module, object, List[str]]:
@@ -31,12 +25,12 @@ def load_tuned_model(run_dir, device="cpu") -> Tuple[torch.nn.Module, object, Li
     from .core.lora import add_lora, plug_in_
     from .models import load_full_model, load_model_config, load_tokenizer
 
-    run_dir = Path(run_dir)
-    weights = run_dir / FINAL
+    run_dir = RunDir(Path(run_dir))
+    weights = run_dir.final_weights
     if not weights.exists():
         raise FedPFTError(f"{weights} does not exist: not a finished fedpft run directory")
-    flat = _flat(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")))
-    config = FedPFTConfig.from_dict({k: v for k, v in flat.items() if k.startswith("fedpft_")}, prefix="fedpft_")
+    flat = flatten(read_config(run_dir.config))
+    config = FedPFTConfig.from_flat(flat)
     state = load_file(str(weights))
     label_names = _label_names(run_dir)
     head_bias = [v for k, v in state.items() if "modules_to_save" in k and k.endswith("bias")][-1]
@@ -49,8 +43,8 @@ def load_tuned_model(run_dir, device="cpu") -> Tuple[torch.nn.Module, object, Li
     return model.to(device).eval(), encoder, label_names
 
 
-def _label_names(run_dir: Path) -> List[str]:
-    partition = run_dir / "partition.json"
+def _label_names(run_dir: RunDir) -> List[str]:
+    partition = run_dir.partition_json
     if partition.exists():
         rows = json.loads(partition.read_text(encoding="utf-8"))
         if rows and isinstance(rows[0].get("label_counts"), dict):

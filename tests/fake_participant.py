@@ -157,6 +157,6 @@ def started_pids(run_dir) -> list:
 
 def live_processes(pids) -> list:
     """The pids (zombies included) that still exist, or exist in one of the sessions ``pids`` lead."""
-    from fedpft_algo.launch.launcher import session_pids
+    from fedpft_algo.launch.processes import session_pids
 
     return sorted({pid for pid in pids if Path(f"/proc/{pid}").exists()} | set(session_pids(pids, zombies=True)))

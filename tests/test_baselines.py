@@ -70,7 +70,7 @@ def test_fedml_defaults_fill_missing_keys_and_reject_unknown_baselines():
 def test_fedml_sp_fedavg_round_trains_the_full_model_and_reports_accuracy(minilm_2layer, tmp_path,
                                                                           monkeypatch):
     # Prepare: FedML's own single-process FedAvg, 2 clients, 1 round, tiny data
-    from fedpft_algo.launch import launcher
+    from fedpft_algo import launch as launcher
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     config = {
@@ -87,8 +87,7 @@ def test_fedml_sp_fedavg_round_trains_the_full_model_and_reports_accuracy(minilm
         "tracking_args": {"enable_tracking": False, "enable_wandb": False, "log_file_dir": "./logs"},
         "fedpft_args": {"fedpft_max_length": 32},
     }
-    plan = launcher.RunPlan(config=config, config_file=tmp_path / "bench.yaml", training_type="simulation",
-                            backend="sp", num_clients=2, comm_round=1)
+    plan = launcher.plan_config(config, tmp_path / "bench.yaml", optimizers=tuple(BASELINES.values()))
     run_dir = tmp_path / "run"
     run_dir.mkdir()
 

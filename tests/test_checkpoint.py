@@ -5,7 +5,8 @@ import os
 import pytest
 import torch
 
-from fedpft_algo.rundir import checkpoint, records as runlog
+from fedpft_algo import files
+from fedpft_algo.rundir import checkpoint
 from fedpft_algo.errors import ConfigError
 
 
@@ -41,10 +42,10 @@ def test_a_crash_while_writing_leaves_the_previous_checkpoint_whole(tmp_path, mo
             raise KeyboardInterrupt("killed while writing")  # what a SIGINT/SIGTERM mid-write raises
         real_replace(src, dst)
 
-    monkeypatch.setattr(runlog.os, "replace", crash)
+    monkeypatch.setattr(files.os, "replace", crash)
     with pytest.raises(KeyboardInterrupt):
         checkpoint.save(tmp_path, 2, tensors(2.0), {"history": [{"round": 0}, {"round": 1}]})
-    monkeypatch.setattr(runlog.os, "replace", real_replace)
+    monkeypatch.setattr(files.os, "replace", real_replace)
     saved = checkpoint.latest(tmp_path)
     assert saved.rounds_done == 1
     assert torch.equal(saved.load_tensors()["sub.weight"], torch.full((3, 2), 1.0))

@@ -18,7 +18,9 @@ import yaml
 
 from fake_participant import live_processes, started_pids
 from fedpft_algo import cli
-from fedpft_algo.launch import launcher
+from fedpft_algo.config import read_config
+from fedpft_algo.launch import processes
+from fedpft_algo.rundir.layout import RunDir
 
 TESTS_DIR = Path(__file__).resolve().parent
 CONFIG_DIR = TESTS_DIR.parent / "fedml_config"
@@ -32,7 +34,7 @@ def fake(monkeypatch, tmp_path):
     monkeypatch.setenv("PYTHONPATH", str(TESTS_DIR))
     for name in ("FAKE_FAIL", "FAKE_HANG", "FAKE_IGNORE_TERM", "FAKE_EXIT_EARLY"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(launcher, "PARTICIPANT_MODULE", "fake_participant")
+    monkeypatch.setattr(processes, "PARTICIPANT_MODULE", "fake_participant")
     monkeypatch.chdir(tmp_path)
     return monkeypatch
 
@@ -186,7 +188,7 @@ def _stopped_run(tmp_path, *, checkpointed=True, fingerprint=None, rounds_done=1
 
     run_dir = tmp_path / "stopped"
     run_dir.mkdir()
-    config = launcher.load_config(config_with(tmp_path))
+    config = read_config(config_with(tmp_path))
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     if checkpointed:
         checkpoint.save(run_dir, rounds_done, {"w": torch.zeros(1)},
@@ -204,7 +206,7 @@ def test_run_bad_input_exits_2_with_one_line_and_no_run_dir(case, fake, tmp_path
     assert __import__("re").search(message, err), err
     assert not (tmp_path / "runs").exists() and out == ""
     if isinstance(made, list) and made:  # a refused --resume changes nothing in the run directory
-        assert not (tmp_path / "stopped" / launcher.RESUME_CONFIG).exists()
+        assert not RunDir(tmp_path / "stopped").resume_config.exists()
 
 
 def test_run_port_in_use_exits_2(fake, tmp_path, capsys):
@@ -267,7 +269,7 @@ def test_console_script_reports_input_errors_on_one_line(tmp_path):
 
 
 def test_ctrl_c_stops_every_participant_and_exits_1(tmp_path):
-    code = ("import sys; import fedpft_algo.launch.launcher as l; l.PARTICIPANT_MODULE = 'fake_participant'; "
+    code = ("import sys; import fedpft_algo.launch.processes as p; p.PARTICIPANT_MODULE = 'fake_participant'; "
             "from fedpft_algo.cli import main; sys.exit(main())")
     env = dict(os.environ, PYTHONPATH=str(TESTS_DIR), FAKE_HANG="1:1")
     out_dir = tmp_path / "out"

@@ -16,7 +16,10 @@ import pytest
 import torch
 
 from fedpft_algo.rundir import checkpoint
-from fedpft_algo.launch import launcher
+from fedpft_algo import launch as launcher
+from fedpft_algo.launch import processes
+from fedpft_algo.rundir.layout import RunDir
+from fedpft_algo.rundir.records import read_statuses
 
 TESTS_DIR = Path(__file__).resolve().parent
 CONFIG_DIR = TESTS_DIR.parent / "fedml_config"
@@ -124,17 +127,17 @@ def test_cross_silo_mpi_calls_fedpft_hooks_every_round(minilm_2layer, tmp_path):
 @pytest.mark.parametrize("config", ["simulation_mpi.yaml", "cross_silo_grpc.yaml"])
 def test_failing_client_stops_the_run_without_leftovers(minilm_2layer, tmp_path, monkeypatch, config):
     monkeypatch.setenv("PYTHONPATH", str(TESTS_DIR) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    monkeypatch.setattr(launcher, "PARTICIPANT_MODULE", "failing_participant")
+    monkeypatch.setattr(processes, "PARTICIPANT_MODULE", "failing_participant")
     overrides = small_run_overrides(minilm_2layer, tmp_path / "c")
     plan = launcher.plan_run(CONFIG_DIR / config, overrides)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     start = time.monotonic()
     with pytest.raises(launcher.RunFailed, match=r"client rank 1 failed in round 2: .*injected failure"):
-        launcher.launch(plan, run_dir, timeout=300, round_timeout=200, progress=False)
+        launcher.launch(plan, run_dir, expect=[RunDir.FINAL_WEIGHTS], timeout=300, round_timeout=200, progress=False)
     saved = checkpoint.latest(run_dir)  # the checkpoint of round 1 survives the failure, whole and loadable
     assert saved.rounds_done == 1 and saved.load_tensors()["rng.server_generator"].dtype == torch.uint8
-    statuses = launcher.read_statuses(run_dir)
+    statuses = read_statuses(run_dir)
     # the failure is seen and everything stopped within 30 s of the client's failure
     failed_at = statuses["client_1"]["time"]
     assert time.time() - failed_at < 30

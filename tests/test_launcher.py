@@ -13,8 +13,15 @@ import pytest
 import yaml
 
 from fake_participant import live_processes, started_pids
-from fedpft_algo.launch import launcher, results
+from fedpft_algo import launch as launcher
+from fedpft_algo.config import flatten
 from fedpft_algo.errors import ConfigError
+from fedpft_algo.launch import processes, results, supervisor
+from fedpft_algo.launch.addresses import (Address, check_ports_free, free_loopback_addresses, read_address_file,
+                                          write_address_file)
+from fedpft_algo.launch.plan import apply_overrides, for_participants
+from fedpft_algo.rundir.layout import RunDir
+from fedpft_algo.rundir.records import MetricsTail, read_statuses
 
 TESTS_DIR = Path(__file__).resolve().parent
 CONFIG_DIR = TESTS_DIR.parent / "fedml_config"
@@ -29,7 +36,7 @@ def fake(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(TESTS_DIR))
     for name in ("FAKE_FAIL", "FAKE_HANG", "FAKE_IGNORE_TERM", "FAKE_EXIT_EARLY"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(launcher, "PARTICIPANT_MODULE", "fake_participant")
+    monkeypatch.setattr(processes, "PARTICIPANT_MODULE", "fake_participant")
     return monkeypatch
 
 
@@ -65,7 +72,7 @@ def test_parse_override_malformed_names_the_argument(text):
 
 def test_apply_overrides_sets_the_key_in_the_section_that_holds_it(tmp_path):
     config = shipped("simulation_mpi")
-    launcher.apply_overrides(config, ["comm_round=2", "fedpft_lora_r=4", "fedpft_new_key=1",
+    apply_overrides(config, ["comm_round=2", "fedpft_lora_r=4", "fedpft_new_key=1",
                                       "data_args.max_test_examples=7", "model_args.extra=x"], cwd=tmp_path)
     assert config["train_args"]["comm_round"] == 2
     assert config["fedpft_args"]["fedpft_lora_r"] == 4
@@ -77,7 +84,7 @@ def test_apply_overrides_sets_the_key_in_the_section_that_holds_it(tmp_path):
 
 def test_apply_overrides_unknown_key_is_an_error_with_a_hint(tmp_path):
     with pytest.raises(ConfigError, match=r"--set comm_rounds: no section .*did you mean comm_round\?"):
-        launcher.apply_overrides(shipped("simulation_mpi"), ["comm_rounds=3"], cwd=tmp_path)
+        apply_overrides(shipped("simulation_mpi"), ["comm_rounds=3"], cwd=tmp_path)
 
 
 # ====================================================================== paths
@@ -104,12 +111,15 @@ def test_plan_run_keeps_dataset_names_and_expands_the_users_home(tmp_path):
     assert plan.config["data_args"]["data_cache_dir"] == str(Path.home() / "fedml_data")
 
 
-def test_plan_run_pins_the_default_cache_to_the_users_home(tmp_path):
+def test_participants_config_pins_the_default_cache_to_the_users_home(tmp_path):
     config = shipped("simulation_sp")
     del config["data_args"]["data_cache_dir"]
     plan = launcher.plan_run(write_yaml(tmp_path / "c.yaml", config), cwd=tmp_path)
+    assert "data_cache_dir" not in plan.config["data_args"]
     # the participants' HOME is inside the run dir; their default cache must stay ~/.cache/fedpft
-    assert plan.config["data_args"]["data_cache_dir"] == str(Path.home() / ".cache")
+    written = for_participants(plan, RunDir(tmp_path / "run"))
+    assert written["data_args"]["data_cache_dir"] == str(Path.home() / ".cache")
+    assert written["tracking_args"]["log_file_dir"] == str(tmp_path / "run" / "logs")
 
 
 # ====================================================================== shipped configs and topology
@@ -118,7 +128,7 @@ def test_plan_run_pins_the_default_cache_to_the_users_home(tmp_path):
 def test_shipped_configs_are_valid(name, backend, processes, tmp_path):
     plan = launcher.plan_run(CONFIG_DIR / f"{name}.yaml", cwd=tmp_path)
     assert (plan.backend, plan.num_processes) == (backend, processes)
-    flat = launcher.flatten(plan.config)
+    flat = flatten(plan.config)
     assert flat["federated_optimizer"] == "FedAvg" and flat["enable_wandb"] is False
     assert flat["using_mlops"] is False and flat["data_cache_dir"] == str(CONFIG_DIR / ".cache")
     if plan.training_type == "cross_silo":
@@ -137,31 +147,31 @@ def test_plan_run_sets_cross_silo_ids_and_worker_num_when_missing(tmp_path):
 
 
 def test_prepare_run_dir_writes_the_resolved_config_and_copies_the_address_file(tmp_path):
-    given = launcher.free_loopback_addresses(3)
-    launcher.write_address_file(tmp_path / "ip.csv", given)
+    given = free_loopback_addresses(3)
+    write_address_file(tmp_path / "ip.csv", given)
     plan = launcher.plan_run(CONFIG_DIR / "cross_silo_grpc.yaml", ["comm_round=2", "comm_args.grpc_ipconfig_path=ip.csv"],
                              cwd=tmp_path)
     assert plan.addresses == given
     run_dir = tmp_path / "run"
-    config = yaml.safe_load(launcher.prepare_run_dir(plan, run_dir).read_text())
+    config = yaml.safe_load(supervisor.prepare_run_dir(plan, RunDir(run_dir)).read_text())
     assert config["train_args"]["comm_round"] == 2
     assert config["tracking_args"]["log_file_dir"] == str(run_dir / "logs")
     assert config["comm_args"]["grpc_ipconfig_path"] == str(run_dir / "grpc_ipconfig.csv")
-    assert launcher.read_address_file(run_dir / "grpc_ipconfig.csv", 2) == plan.addresses
+    assert read_address_file(run_dir / "grpc_ipconfig.csv", 2) == plan.addresses
     assert {p.name for p in run_dir.iterdir()} == {"config.yaml", "grpc_ipconfig.csv", "logs", "status", "home"}
 
 
 # ====================================================================== GRPC address files and ports
 def test_address_file_round_trip(tmp_path):
-    addresses = [launcher.Address(r, "127.0.0.1", 9000 + r) for r in range(4)]
-    launcher.write_address_file(tmp_path / "a.csv", addresses)
+    addresses = [Address(r, "127.0.0.1", 9000 + r) for r in range(4)]
+    write_address_file(tmp_path / "a.csv", addresses)
     assert (tmp_path / "a.csv").read_text().splitlines()[:2] == ["eid,rank,grpc_server_ip,grpc_server_port",
                                                                  "0,0,127.0.0.1,9000"]
-    assert launcher.read_address_file(tmp_path / "a.csv", 3) == addresses
+    assert read_address_file(tmp_path / "a.csv", 3) == addresses
 
 
 def test_shipped_address_file_matches_the_shipped_grpc_config():
-    rows = launcher.read_address_file(CONFIG_DIR / "grpc_ipconfig.csv", 2)
+    rows = read_address_file(CONFIG_DIR / "grpc_ipconfig.csv", 2)
     assert [(a.rank, a.ip, a.port) for a in rows] == [(0, "127.0.0.1", 8890), (1, "127.0.0.1", 8891),
                                                      (2, "127.0.0.1", 8892)]
 
@@ -183,14 +193,14 @@ HEADER = "eid,rank,grpc_server_ip,grpc_server_port\n"
 def test_read_address_file_errors_name_file_and_line(tmp_path, text, message):
     (tmp_path / "ip.csv").write_text(text)
     with pytest.raises(ConfigError, match=rf"GRPC address file .*ip\.csv.*{message}"):
-        launcher.read_address_file(tmp_path / "ip.csv", 2)
+        read_address_file(tmp_path / "ip.csv", 2)
 
 
 def test_free_loopback_addresses_are_distinct_and_bindable():
-    addresses = launcher.free_loopback_addresses(5)
+    addresses = free_loopback_addresses(5)
     assert [a.rank for a in addresses] == [0, 1, 2, 3, 4]
     assert len({a.port for a in addresses}) == 5
-    launcher.check_ports_free(addresses, None)
+    check_ports_free(addresses, None)
 
 
 def test_check_ports_free_detects_a_listening_port():
@@ -198,15 +208,15 @@ def test_check_ports_free_detects_a_listening_port():
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        taken = [launcher.Address(0, "127.0.0.1", port)]
+        taken = [Address(0, "127.0.0.1", port)]
         with pytest.raises(ConfigError, match=rf"rank 0: port in use: 127\.0\.0\.1:{port}"):
-            launcher.check_ports_free(taken, Path("ip.csv"))
+            check_ports_free(taken, Path("ip.csv"))
 
 
 # ====================================================================== results files
 def test_metrics_tail_returns_only_complete_lines(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    tail = results.MetricsTail(path)
+    tail = MetricsTail(path)
     assert tail.read_new() == []
     path.write_text('{"round": 0}\n{"round"')
     assert tail.read_new() == [{"round": 0}]
@@ -257,9 +267,10 @@ def plan_for(topology: str, tmp_path: Path, *extra: str) -> launcher.RunPlan:
 @pytest.mark.parametrize("topology", TOPOLOGIES)
 def test_launch_runs_every_round_and_leaves_no_process(topology, fake, tmp_path):
     run_dir = tmp_path / "run"
-    rounds = launcher.launch(plan_for(topology, tmp_path), run_dir, timeout=60, round_timeout=20, progress=False)
+    rounds = launcher.launch(plan_for(topology, tmp_path), run_dir, expect=[RunDir.FINAL_WEIGHTS], timeout=60,
+                             round_timeout=20, progress=False)
     assert [r["round"] for r in rounds] == [0, 1, 2]
-    statuses = launcher.read_statuses(run_dir)
+    statuses = read_statuses(run_dir)
     expected = {"server_0"} if topology == "sp" else {"server_0", "client_1", "client_2"}
     assert set(statuses) == expected and {s["phase"] for s in statuses.values()} == {"done"}
     assert (run_dir / "final" / "trainable.safetensors").exists()
@@ -306,6 +317,14 @@ def test_launch_hanging_participant_is_stopped_by_the_round_timeout(topology, fa
         launcher.launch(plan_for(topology, tmp_path), run_dir, timeout=60, round_timeout=2, progress=False)
     assert time.monotonic() - start < 20
     assert live_processes(started_pids(run_dir)) == []
+
+
+def test_launch_fails_a_run_without_the_files_its_caller_expects(fake, tmp_path):
+    with pytest.raises(launcher.RunFailed, match=r"every participant exited 0 but the run directory has no "
+                                                 r"final/adapter\.bin$"):
+        launcher.launch(plan_for("sp", tmp_path), tmp_path / "run", expect=[RunDir.FINAL_WEIGHTS, "final/adapter.bin"],
+                        timeout=60, round_timeout=20, progress=False)
+    assert live_processes(started_pids(tmp_path / "run")) == []
 
 
 def test_launch_total_timeout_stops_the_run(fake, tmp_path):

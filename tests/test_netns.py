@@ -18,7 +18,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedpft_algo.launch import launcher
+from fedpft_algo import launch as launcher
+from fedpft_algo.launch import processes
+from fedpft_algo.launch.addresses import Address, write_address_file
+from fedpft_algo.rundir.layout import RunDir
 from test_fedml_integration import CONFIG_DIR, small_run_overrides
 
 pytestmark = pytest.mark.timeout(420)
@@ -57,7 +60,7 @@ def _host_config(plan, host_dir: Path, addresses) -> Path:
     """The job yaml as one host holds it: its own copy, the address file of every rank, its own logs."""
     host_dir.mkdir(parents=True)
     config = yaml.safe_load(yaml.safe_dump(plan.config))
-    launcher.write_address_file(host_dir / "grpc_ipconfig.csv", addresses)
+    write_address_file(host_dir / "grpc_ipconfig.csv", addresses)
     config["comm_args"]["grpc_ipconfig_path"] = str(host_dir / "grpc_ipconfig.csv")
     config.setdefault("tracking_args", {})["log_file_dir"] = str(host_dir / "logs")
     (host_dir / "logs").mkdir()
@@ -68,7 +71,7 @@ def _host_config(plan, host_dir: Path, addresses) -> Path:
 
 def _start(ns, host_dir, config, rank, role, env):
     log = open(host_dir / "logs" / f"{role}_{rank}.log", "wb")
-    command = ["ip", "netns", "exec", ns, sys.executable, "-m", launcher.PARTICIPANT_MODULE, "--cf", str(config),
+    command = ["ip", "netns", "exec", ns, sys.executable, "-m", processes.PARTICIPANT_MODULE, "--cf", str(config),
                "--rank", str(rank), "--role", role]
     return subprocess.Popen(command, cwd=host_dir, env=dict(env, FEDPFT_RUN_DIR=str(host_dir), HOME=str(host_dir)),
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -78,9 +81,9 @@ def test_cross_silo_grpc_between_two_network_namespaces(two_hosts, minilm_2layer
     server_ns, client_ns = two_hosts
     plan = launcher.plan_run(CONFIG_DIR / "cross_silo_grpc.yaml", small_run_overrides(minilm_2layer, tmp_path / "c"))
     port = plan.addresses[0].port
-    addresses = [launcher.Address(0, SERVER_IP, port), launcher.Address(1, CLIENT_IP, port + 1),
-                 launcher.Address(2, CLIENT_IP, port + 2)]
-    env = launcher._participant_env(tmp_path, 2)
+    addresses = [Address(0, SERVER_IP, port), Address(1, CLIENT_IP, port + 1),
+                 Address(2, CLIENT_IP, port + 2)]
+    env = processes.participant_env(RunDir(tmp_path), 2)
     server_dir, client_dir = tmp_path / "server_host", tmp_path / "client_host"
     procs = []
     try:
@@ -105,7 +108,7 @@ def test_cross_silo_grpc_between_two_network_namespaces(two_hosts, minilm_2layer
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-    assert launcher.session_pids([p.pid for p in procs]) == []
+    assert processes.session_pids([p.pid for p in procs]) == []
     metrics = [json.loads(line) for line in (server_dir / "metrics.jsonl").read_text().splitlines()]
     assert [row["round"] for row in metrics] == [0, 1] and all(row["upload_bytes"] > 0 for row in metrics)
     received = [json.loads(line) for line in (client_dir / "events" / "client_1.jsonl").read_text().splitlines()

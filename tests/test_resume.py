@@ -11,7 +11,8 @@ import pytest
 from safetensors.torch import load_file
 
 from fedpft_algo.rundir import checkpoint
-from fedpft_algo.launch import launcher
+from fedpft_algo.launch.processes import session_pids
+from fedpft_algo.rundir.layout import RunDir
 from test_fedml_integration import CONFIG_DIR, fedpft_run, small_run_overrides
 
 pytestmark = pytest.mark.timeout(600)
@@ -50,7 +51,7 @@ def test_killed_mpi_run_resumes_to_the_same_metrics(minilm_2layer, tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0
     pids = [json.loads(line)["pid"] for line in (run_dir / "logs" / "processes.jsonl").read_text().splitlines()]
-    assert launcher.session_pids(pids) == [], "processes of the killed run are still alive"
+    assert session_pids(pids) == [], "processes of the killed run are still alive"
     done = checkpoint.latest(run_dir).rounds_done
     assert 2 <= done < 4, f"the run was not interrupted mid-way (checkpoint after {done} rounds)"
     assert "fedpft run --resume" in err
@@ -65,4 +66,4 @@ def test_killed_mpi_run_resumes_to_the_same_metrics(minilm_2layer, tmp_path):
     assert final.keys() == reference.keys() and all((final[k] == reference[k]).all() for k in final)
     events = [json.loads(line) for line in (run_dir / "events" / "server_0.jsonl").read_text().splitlines()]
     assert [e["round"] for e in events if e["hook"] == "resume"] == [done]
-    assert os.path.exists(run_dir / launcher.RESUME_CONFIG)
+    assert os.path.exists(RunDir(run_dir).resume_config)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from .client_cost import kind_of
-from ..rundir.records import write_json_atomic
+from ..files import write_json_atomic
 
 FAMILY = ("fedpft", "fedpft_b", "fedpft_d", "fedpft_n", "fedot", "fedpetuning")
 CSV_COLUMNS = ("method", "task", "partition", "seed", "model", "rounds", "final_accuracy", "best_accuracy",

@@ -47,11 +47,11 @@ from typing import Any, Dict, Optional
 import yaml
 
 from ..runtime.baselines import BASELINES
-from .spec import _flat, _namespace
 # re-exported: the bench's public names live in bench_spec
 from .spec import BenchSpec, Cell, cell_config, config_hash, load_spec, plan_cells
-from ..config import FedPFTConfig
+from ..config import FedPFTConfig, flatten
 from ..errors import ConfigError
+from ..rundir.layout import RunDir
 
 logger = logging.getLogger(__name__)
 
@@ -59,35 +59,31 @@ RESULTS_JSON, PROBES_JSON, FAILURES_JSON = "results.json", "probes.json", "failu
 
 
 def run_cell(spec: BenchSpec, cell: Cell, out: Path, stop: Optional[threading.Event] = None) -> Dict[str, Any]:
-    """Run one cell as its own sp subprocess; returns its record (raises launcher.RunFailed).
+    """Run one cell as its own sp subprocess; returns its record (raises :class:`fedpft_algo.launch.RunFailed`).
 
     ``stop`` (set from another thread) ends the cell as Ctrl-C would."""
-    from ..launch import launcher
+    from ..launch import launch, plan_config, plan_run
 
     config = cell_config(spec, cell, out / "cache")
     run_dir = out / "cells" / cell.id
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a partial earlier attempt
     run_dir.mkdir(parents=True)
-    flat = _flat(config)
-    baseline = spec.base_method(cell.method) in BASELINES
-    if baseline:  # FedML's optimiser names: outside the FedPFT launcher's FedAvg-only check
-        plan = launcher.RunPlan(config=config, config_file=spec.path, training_type="simulation", backend="sp",
-                                num_clients=int(flat["client_num_per_round"]), comm_round=int(flat["comm_round"]))
-        module = "fedpft_algo.runtime.baselines"
+    if spec.base_method(cell.method) in BASELINES:  # FedML's own optimiser, no LoRA + head to save
+        plan = plan_config(config, spec.path, optimizers=tuple(BASELINES.values()))
+        module, expect = "fedpft_algo.runtime.baselines", []
     else:
         path = out / "configs" / f"{cell.id}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-        plan = launcher.plan_run(path)
-        module = launcher.PARTICIPANT_MODULE
+        plan = plan_run(path)
+        module, expect = None, [RunDir.FINAL_WEIGHTS]   # None: the FedPFT participant
     if plan.backend != "sp" or plan.training_type != "simulation":
         raise ConfigError("bench cells run in FedML's single-process simulation: set training_type simulation, "
                           "backend sp in the bench yaml")
-    _QUIET.baseline = baseline
     start = time.monotonic()
-    rounds = launcher.launch(plan, run_dir, timeout=spec.cell_timeout, round_timeout=spec.cell_timeout,
-                             participant_module=module, progress=False, stop=stop)
+    rounds = launch(plan, run_dir, expect=expect, timeout=spec.cell_timeout, round_timeout=spec.cell_timeout,
+                    participant_module=module, progress=False, stop=stop)
     wall = time.monotonic() - start
     from .report import cell_record
 
@@ -95,30 +91,6 @@ def run_cell(spec: BenchSpec, cell: Cell, out: Path, stop: Optional[threading.Ev
     record["base_method"] = spec.base_method(cell.method)
     record["config_hash"] = config_hash(config)
     return record
-
-
-class _QuietBaselines(logging.Filter):
-    """FedML's baselines have no LoRA + head to save: drop the launcher's warning about it (in the
-    thread running a baseline cell; cells run in threads of their own)."""
-
-    def __init__(self):
-        super().__init__()
-        self._local = threading.local()
-
-    @property
-    def baseline(self) -> bool:
-        return getattr(self._local, "baseline", False)
-
-    @baseline.setter
-    def baseline(self, value: bool) -> None:
-        self._local.baseline = value
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (self.baseline and "final/trainable.safetensors" in record.getMessage())
-
-
-_QUIET = _QuietBaselines()
-logging.getLogger("fedpft_algo.launch.launcher").addFilter(_QUIET)
 
 
 def _producers_first(spec: BenchSpec, cells):
@@ -137,8 +109,8 @@ def _run_cells(spec: BenchSpec, cells, out: Path, records, failures, bar) -> Non
     """Run ``cells``, ``spec.jobs`` at a time, recording each as it finishes (in this thread)."""
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-    from ..launch import launcher
-    from ..rundir.records import write_json_atomic
+    from ..files import write_json_atomic
+    from ..launch import RunFailed
 
     stop = threading.Event()
     pending = list(cells)
@@ -156,7 +128,7 @@ def _run_cells(spec: BenchSpec, cells, out: Path, records, failures, bar) -> Non
                     try:
                         records[cell.id] = future.result()
                         write_json_atomic(out / RESULTS_JSON, list(records.values()))
-                    except launcher.RunFailed as exc:
+                    except RunFailed as exc:
                         failures[cell.id] = f"RunFailed: {exc}"
                         logger.warning("cell %s failed: %s", cell.id, exc)
                     except Exception as exc:  # noqa: BLE001 - one failed cell must not stop the matrix
@@ -193,8 +165,8 @@ _CLIENT_COST_FIELDS = ("ffn_keep_ratio", "retained_layers", "lora_r", "lora_drop
 
 
 def _client_cost_settings(config) -> Dict[str, Any]:
-    flat = _flat(config)
-    fedpft = FedPFTConfig.from_args(_namespace(flat)).to_dict()
+    flat = flatten(config)
+    fedpft = FedPFTConfig.from_flat(flat).to_dict()
     return {"batch_size": flat.get("batch_size", 16), **{k: fedpft[k] for k in _CLIENT_COST_FIELDS}}
 
 
@@ -214,8 +186,8 @@ def probe_key(spec: BenchSpec, cell: Cell) -> str:
 def run_probe(spec: BenchSpec, model: str, kind: str, task: str, timeout: float,
               config: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """One client-cost probe process; ``config``: the cell config whose client it measures (default: the base)."""
-    flat = _flat(config or spec.base)
-    fedpft = FedPFTConfig.from_args(_namespace(flat))
+    flat = flatten(config or spec.base)
+    fedpft = FedPFTConfig.from_flat(flat)
     command = [sys.executable, "-m", "fedpft_algo.bench.client_cost", "--model", model, "--kind", kind, "--task", task,
                "--examples", str(spec.probe_examples), "--batch-size", str(flat.get("batch_size", 16)),
                "--max-length", str(fedpft.max_length), "--config-json", json.dumps(fedpft.to_dict()),
@@ -250,10 +222,10 @@ def run_bench(spec: BenchSpec, out: Path, *, methods=None, tasks=None, partition
     """
     from tqdm.auto import tqdm
 
-    from ..launch import launcher
+    from ..launch import raise_on_sigterm
     from .report import write_report
     from .client_cost import kind_of
-    from ..rundir.records import write_json_atomic
+    from ..files import write_json_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     cells, notes = plan_cells(spec, methods, tasks, partitions)
@@ -275,7 +247,7 @@ def run_bench(spec: BenchSpec, out: Path, *, methods=None, tasks=None, partition
     bar = tqdm(total=len(todo) + len(wanted_probes), unit="cell", desc="fedpft bench",
                disable=None if progress else True)
     interrupted = False
-    restore = launcher.raise_on_sigterm()   # SIGTERM stops the bench like Ctrl-C
+    restore = raise_on_sigterm()   # SIGTERM stops the bench like Ctrl-C
     try:
         for key, cell in sorted(wanted_probes.items()):
             kind = kind_of(spec.base_method(cell.method))

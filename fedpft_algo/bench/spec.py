@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..runtime.baselines import BASELINES
-from ..config import METHODS, FedPFTConfig
+from ..config import METHODS, FedPFTConfig, flatten, read_config
 from ..errors import ConfigError, FedPFTError
+from ..launch.plan import resolve_paths, set_key
 
 ALL_METHODS = METHODS + tuple(BASELINES)
 _BENCH_KEYS = {"methods", "tasks", "partitions", "seeds", "cell_timeout", "probe_examples", "baseline_args",
@@ -68,7 +69,7 @@ class BenchSpec:
 
     @property
     def model(self) -> str:
-        return str(_flat(self.base).get("model", "minilm-l6"))
+        return str(flatten(self.base).get("model", "minilm-l6"))
 
     @property
     def vision_task(self) -> str:
@@ -77,10 +78,8 @@ class BenchSpec:
 
 # ---------------------------------------------------------------------- the bench yaml
 def load_spec(path: os.PathLike, *, smoke: bool = False) -> BenchSpec:
-    from ..launch.launcher import load_config, resolve_paths
-
     path = Path(path).expanduser().resolve()
-    config = load_config(path)
+    config = read_config(path)
     bench = config.pop("bench", None)
     if not isinstance(bench, dict):
         raise ConfigError(f"config file {path}: needs a 'bench:' section (methods, tasks, partitions, seeds)")
@@ -108,7 +107,7 @@ def load_spec(path: os.PathLike, *, smoke: bool = False) -> BenchSpec:
     _check_positive_int("jobs", spec.jobs, "an integer >= 1")
     if not spec.cell_timeout > 0:
         raise ConfigError(f"bench.cell_timeout={spec.cell_timeout!r} is not allowed: expected seconds > 0")
-    FedPFTConfig.from_args(_namespace(_flat(config)))  # the base fedpft_args must be valid
+    FedPFTConfig.from_sections(config)  # the base fedpft_args must be valid
     return spec
 
 
@@ -135,9 +134,9 @@ def _variants(bench, config) -> Dict[str, Tuple[str, Tuple[Tuple[str, Any], ...]
             raise ConfigError(f"bench.variants.{name}.set={overrides!r} is not allowed: expected a mapping of keys")
         trial = copy.deepcopy(config)
         for key, setting in overrides.items():
-            set_key(trial, key, setting)
+            set_key(trial, key, setting, where=f"bench.variants.{name}.set:")
         try:
-            FedPFTConfig.from_args(_namespace(_flat(trial)))
+            FedPFTConfig.from_sections(trial)
         except ConfigError as exc:
             raise ConfigError(f"bench.variants.{name}: {exc}") from None
         variants[str(name)] = (value["method"], tuple(sorted(overrides.items())))
@@ -151,23 +150,12 @@ def _apply_smoke(bench: Dict[str, Any], config: Dict[str, Dict[str, Any]]) -> Di
     for key, value in smoke.items():
         if key == "set":
             for name, setting in value.items():
-                set_key(config, name, setting)
+                set_key(config, name, setting, where="bench.smoke.set:")
         elif isinstance(value, int) and key in ("methods", "tasks", "partitions", "seeds"):
             bench[key] = list(bench.get(key) or [])[:value]  # the first N
         else:
             bench[key] = value
     return bench
-
-
-def set_key(config: Dict[str, Dict[str, Any]], key: str, value: Any) -> None:
-    """Set a FedML key by its flattened name in every section that has it (fedpft_* default to fedpft_args)."""
-    sections = [s for s, keys in config.items() if key in keys]
-    if not sections:
-        if not key.startswith("fedpft_"):
-            raise ConfigError(f"bench: no section of the config has the key {key!r}")
-        sections = ["fedpft_args"]
-    for section in sections:
-        config.setdefault(section, {})[key] = value
 
 
 def _list(bench, key) -> list:
@@ -199,23 +187,10 @@ def _partition(value, config) -> str:
     if method not in ("hetero", "dirichlet"):
         raise ConfigError(f"bench.partitions: {text!r} is not allowed: expected homo, hetero or hetero:ALPHA")
     try:
-        alpha = float(alpha) if alpha else float(_flat(config).get("partition_alpha", 1.0))
+        alpha = float(alpha) if alpha else float(flatten(config).get("partition_alpha", 1.0))
     except ValueError:
         raise ConfigError(f"bench.partitions: {text!r}: the Dirichlet alpha must be a number") from None
     return f"hetero:{alpha:g}"
-
-
-def _flat(config) -> Dict[str, Any]:
-    flat: Dict[str, Any] = {}
-    for keys in config.values():
-        flat.update(keys)
-    return flat
-
-
-def _namespace(flat):
-    import types
-
-    return types.SimpleNamespace(**flat)
 
 
 # ---------------------------------------------------------------------- cells
@@ -262,15 +237,17 @@ def plan_cells(spec: BenchSpec, methods: Optional[Sequence[str]] = None, tasks: 
 def cell_config(spec: BenchSpec, cell: Cell, cache_dir: Path) -> Dict[str, Dict[str, Any]]:
     config = copy.deepcopy(spec.base)
     method, _, alpha = cell.partition.partition(":")
-    set_key(config, "dataset", cell.task)
-    set_key(config, "model", cell.model)
-    set_key(config, "random_seed", cell.seed)
-    set_key(config, "partition_method", method)
+    where = f"bench cell {cell.id}:"
+    set_key(config, "dataset", cell.task, where=where)
+    set_key(config, "model", cell.model, where=where)
+    set_key(config, "random_seed", cell.seed, where=where)
+    set_key(config, "partition_method", method, where=where)
     if alpha:
-        set_key(config, "partition_alpha", float(alpha))
+        set_key(config, "partition_alpha", float(alpha), where=where)
     for key, value in cell.overrides:
-        set_key(config, key, value)
-    if not _flat(config).get("data_cache_dir") and not _flat(config).get("fedpft_cache_dir"):
+        set_key(config, key, value, where=where)
+    flat = flatten(config)
+    if not flat.get("data_cache_dir") and not flat.get("fedpft_cache_dir"):
         config.setdefault("data_args", {})["data_cache_dir"] = str(cache_dir)
     method = spec.base_method(cell.method)
     if method in BASELINES:

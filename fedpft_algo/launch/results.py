@@ -1,10 +1,11 @@
-"""Per-round results of a run: reading ``metrics.jsonl`` and writing ``metrics.csv``, ``metrics.json``
+"""Per-round results of a run as users see them: progress lines, ``metrics.csv``, ``metrics.json``
 and ``accuracy.png``.
 
 The server participant appends one JSON object per finished round to ``<run_dir>/metrics.jsonl``
 (keys at least ``round`` (FedML's 0-based round_idx), ``accuracy, sub_accuracy, loss, upload_bytes,
-download_bytes, round_seconds, align``). What users see counts rounds from 1. The launcher tails that file while the run goes on and, after a successful run, calls
-:func:`write_results` with the collected rounds.
+download_bytes, round_seconds, align``); what users see counts rounds from 1. The supervisor
+tails that file while the run goes on (:class:`fedpft_algo.rundir.records.MetricsTail`) and,
+after a successful run, ``fedpft run`` calls :func:`write_results` with the collected rounds.
 """
 from __future__ import annotations
 
@@ -12,60 +13,17 @@ import csv
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from ..rundir.layout import RunDir
+
 logger = logging.getLogger(__name__)
 
-METRICS_JSONL = "metrics.jsonl"
-METRICS_CSV = "metrics.csv"
-METRICS_JSON = "metrics.json"
-ACCURACY_PNG = "accuracy.png"
 # Columns that come first in metrics.csv, in this order; any other key follows in order of appearance.
 STANDARD_COLUMNS = ("round", "accuracy", "sub_accuracy", "loss", "upload_bytes", "download_bytes",
                     "round_seconds", "align")
-
-
-class MetricsTail:
-    """Incremental reader of a growing JSON-lines file: each :meth:`read_new` returns the complete new lines.
-
-    A line still being written (no trailing newline yet) is kept back until it is complete; a line
-    that is not a JSON object is logged and skipped, so one bad write cannot stop the monitor.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self._offset = 0
-        self._partial = b""
-
-    def read_new(self) -> List[Dict[str, Any]]:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self._offset)
-                data = f.read()
-        except FileNotFoundError:
-            return []
-        self._offset += len(data)
-        *lines, self._partial = (self._partial + data).split(b"\n")
-        records = []
-        for raw in lines:
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw)
-            except json.JSONDecodeError:
-                logger.warning("skipping a malformed line of %s: %.200r", self.path, raw)
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-            else:
-                logger.warning("skipping a non-object line of %s: %.200r", self.path, raw)
-        return records
-
-
-def read_metrics(path: Path) -> List[Dict[str, Any]]:
-    """All complete records of a ``metrics.jsonl`` file (empty list when it does not exist)."""
-    return MetricsTail(path).read_new()
 
 
 def format_bytes(n: Optional[float]) -> str:
@@ -95,24 +53,24 @@ def format_round(record: Dict[str, Any], done: int, total: int) -> str:
     return "  ".join(parts)
 
 
-def write_results(run_dir: Path, rounds: Sequence[Dict[str, Any]]) -> Tuple[Path, Path, Optional[Path]]:
+def write_results(run_dir: os.PathLike, rounds: Sequence[Dict[str, Any]]) -> Tuple[Path, Path, Optional[Path]]:
     """Write ``metrics.csv``, ``metrics.json`` and ``accuracy.png`` into ``run_dir``; return their paths.
 
     The plot is skipped (``None`` returned for it) when no round has an accuracy.
     """
-    run_dir = Path(run_dir)
+    run_dir = RunDir(Path(run_dir))
     rounds = [dict(r) for r in rounds]
-    json_path = run_dir / METRICS_JSON
+    json_path = run_dir.metrics_json
     json_path.write_text(json.dumps(rounds, indent=1) + "\n", encoding="utf-8")
 
-    csv_path = run_dir / METRICS_CSV
+    csv_path = run_dir.metrics_csv
     with open(csv_path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=_columns(rounds), restval="")
         writer.writeheader()
         for record in rounds:
             writer.writerow({k: _csv_value(v) for k, v in record.items()})
 
-    png_path = run_dir / ACCURACY_PNG
+    png_path = run_dir.accuracy_png
     return csv_path, json_path, png_path if plot_accuracy(rounds, png_path) else None
 
 

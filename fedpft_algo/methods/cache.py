@@ -50,7 +50,7 @@ def save_tensors_atomic(model: nn.Module, names, path: Path) -> None:
     so that a crash never leaves a half-written cache entry."""
     from safetensors.torch import save
 
-    from ..rundir.records import write_bytes_atomic
+    from ..files import write_bytes_atomic
 
     state = model.state_dict()
     write_bytes_atomic(path, save({name: state[name].detach().cpu().contiguous() for name in names}))
@@ -100,7 +100,7 @@ def load_or_align(model: nn.Module, path: Optional[Path], align: Callable[[], Al
     """
     if path is None:
         return align(), False
-    from ..rundir.records import file_lock
+    from ..files import file_lock
 
     with file_lock(path.with_name(path.name + ".lock")):
         if path.exists():

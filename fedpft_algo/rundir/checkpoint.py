@@ -19,16 +19,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
+from ..config import flatten
 from ..errors import ConfigError
-from .records import write_bytes_atomic
+from ..files import write_bytes_atomic
+from .layout import RunDir
 
-CHECKPOINT_DIR = "checkpoint"
 FORMAT = 1
 KEEP = 2
 # Keys that differ between an interrupted run and its resumption without changing what is computed.
@@ -56,16 +58,15 @@ class Checkpoint:
 
 def config_fingerprint(config: Mapping[str, Mapping[str, Any]]) -> str:
     """A hash of everything in a run's config that decides what the run computes."""
-    flat = {k: v for section in config.values() if isinstance(section, Mapping) for k, v in section.items()
-            if k not in _VOLATILE_KEYS}
+    flat = {k: v for k, v in flatten(config).items() if k not in _VOLATILE_KEYS}
     return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def save(run_dir: Path, rounds_done: int, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> Path:
+def save(run_dir: os.PathLike, rounds_done: int, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> Path:
     """Write checkpoint ``rounds_done`` (tensors first, then the JSON record); keep the last :data:`KEEP`."""
     from safetensors.torch import save
 
-    folder = Path(run_dir) / CHECKPOINT_DIR
+    folder = RunDir(Path(run_dir)).checkpoints
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"round-{rounds_done:04d}"
     data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
@@ -79,9 +80,9 @@ def save(run_dir: Path, rounds_done: int, tensors: Mapping[str, torch.Tensor], m
     return folder / f"{stem}.json"
 
 
-def latest(run_dir: Path) -> Optional[Checkpoint]:
+def latest(run_dir: os.PathLike) -> Optional[Checkpoint]:
     """The newest complete checkpoint of ``run_dir`` (None when there is none)."""
-    records = _records(Path(run_dir) / CHECKPOINT_DIR)
+    records = _records(RunDir(Path(run_dir)).checkpoints)
     return records[-1] if records else None
 
 

@@ -1,31 +1,39 @@
-"""Files a participant writes into the run directory for the launcher and for tests.
+"""What participants write into the run directory while a run goes on, and how the launcher reads it.
 
 * ``status/<role>_<rank>.json``: phase (started, training, done, failed), round, pid, error;
 * ``events/<role>_<rank>.jsonl``: every FedML hook call, in order, with its round;
-* ``metrics.jsonl`` (server): one JSON object per finished round.
-Each status write is atomic (temporary file, then rename) so a reader never sees half a file.
+* ``metrics.jsonl`` (server): one JSON object per finished round (``round`` is FedML's 0-based
+  round_idx; what users see counts rounds from 1).
+
+Each status write is atomic (temporary file, then rename) so a reader never sees half a file;
+:class:`MetricsTail` reads ``metrics.jsonl`` while it grows.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
+import logging
 import os
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, List, Optional, Union
+
+from ..files import write_json_atomic
+from .layout import RunDir
+
+logger = logging.getLogger(__name__)
 
 
 class RunLog:
-    def __init__(self, run_dir: Optional[Path], role: str, rank: int):
-        self.run_dir = Path(run_dir) if run_dir else None
+    """One participant's status, events and (server) metrics; writes nothing without a run directory."""
+
+    def __init__(self, run_dir: Optional[Union[RunDir, Path]], role: str, rank: int):
+        self.run_dir = None if run_dir is None else RunDir(Path(run_dir))
         self.role, self.rank = role, rank
         self.round = 0
         self.phase = "started"
         if self.run_dir:
-            for sub in ("status", "events"):
-                (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
+            self.run_dir.status_dir.mkdir(parents=True, exist_ok=True)
+            self.run_dir.events_dir.mkdir(parents=True, exist_ok=True)
 
     @property
     def name(self) -> str:
@@ -39,56 +47,64 @@ class RunLog:
             return
         record = {"role": self.role, "rank": self.rank, "round": self.round, "phase": phase,
                   "pid": os.getpid(), "error": error, "time": time.time()}
-        write_json_atomic(self.run_dir / "status" / f"{self.name}.json", record)
+        write_json_atomic(self.run_dir.status_file(self.name), record)
 
     def event(self, hook: str, round_idx: int, **extra: Any) -> None:
         if self.run_dir:
-            with open(self.run_dir / "events" / f"{self.name}.jsonl", "a", encoding="utf-8") as handle:
+            with open(self.run_dir.events_file(self.name), "a", encoding="utf-8") as handle:
                 handle.write(json.dumps({"hook": hook, "round": round_idx, **extra}) + "\n")
 
     def metrics(self, row: Dict[str, Any]) -> None:
         if self.run_dir:
-            with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+            with open(self.run_dir.metrics_jsonl, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(row) + "\n")
 
 
-def write_json_atomic(path: Path, value: Any) -> None:
-    write_text_atomic(path, json.dumps(value, indent=1))
+class MetricsTail:
+    """Incremental reader of a growing JSON-lines file: each :meth:`read_new` returns the complete new lines.
 
-
-def write_text_atomic(path: Path, text: str) -> None:
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``path`` through a temporary file (flushed to disk) and a rename: readers, and a crash at
-    any point, see the old file or the new one, never a part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the ``with`` block.
-
-    Serialises processes that would compute the same cache entry (bench cells run side by side):
-    the second waits, then finds the entry. The kernel releases the lock when its holder dies.
+    A line still being written (no trailing newline yet) is kept back until it is complete; a line
+    that is not a JSON object is logged and skipped, so one bad write cannot stop the monitor.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._offset = 0
+        self._partial = b""
+
+    def read_new(self) -> List[Dict[str, Any]]:
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        self._offset += len(data)
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        records = []
+        for raw in lines:
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+            except json.JSONDecodeError:
+                logger.warning("skipping a malformed line of %s: %.200r", self.path, raw)
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+            else:
+                logger.warning("skipping a non-object line of %s: %.200r", self.path, raw)
+        return records
+
+
+def read_statuses(run_dir: RunDir) -> Dict[str, Dict[str, Any]]:
+    """``{"client_2": {...}}`` from ``status/*.json``; files being rewritten are skipped this time."""
+    statuses = {}
+    for path in sorted(RunDir(Path(run_dir)).status_dir.glob("*.json")):
+        try:
+            status = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(status, dict):
+            statuses[path.stem] = status
+    return statuses

@@ -39,8 +39,9 @@ from ..core.lora import add_lora, is_trainable_name, plug_in_, trainable_state
 from .payload import METRICS_PREFIX, control, load_payload_, nbytes, split_prefixed
 from ..core.privacy import epsilon
 from ..methods.cache import prepare_sub_model
+from ..rundir.layout import RunDir
 from ..rundir.records import RunLog
-from .settings import RunSettings, reseed_
+from ..settings import RunSettings, reseed_
 from ..core.stats import STATS_PREFIX, activity_scores, select_updated_neurons
 
 ServerAggregator = load_fedml().core.ServerAggregator
@@ -50,9 +51,11 @@ logger = logging.getLogger(__name__)
 class FedPFTAggregator(ServerAggregator):
     def __init__(self, full_model: torch.nn.Module, args, *, settings: RunSettings, public_batches: Sequence,
                  eval_batches: Sequence, test_data, device="cpu", runlog: Optional[RunLog] = None,
-                 cache_extra: str = ""):
+                 cache_extra: str = "", run_dir: Optional[RunDir] = None, run_config: Optional[dict] = None):
         super().__init__(full_model, args)
         self.settings = settings
+        self.run_dir = run_dir          # None: no final weights, no checkpoints (a library call)
+        self.run_config = run_config    # the run's yaml sections, recorded in every checkpoint
         self.config = settings.fedpft
         self.public_batches = public_batches
         self.eval_batches = eval_batches
@@ -218,8 +221,7 @@ class FedPFTAggregator(ServerAggregator):
 
     def save_final(self, path: Optional[Path] = None) -> Optional[Path]:
         """The tuned LoRA + head for the FM, as safetensors (load with :func:`plug_in_`)."""
-        run_dir = self.settings.run_dir
-        path = path or (run_dir / "final" / "trainable.safetensors" if run_dir else None)
+        path = path or (self.run_dir.final_weights if self.run_dir is not None else None)
         if path is None:
             return None
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -229,19 +231,18 @@ class FedPFTAggregator(ServerAggregator):
     # ------------------------------------------------------------------ checkpoint and resume
     def save_checkpoint(self) -> Optional[Path]:
         """Everything the next round needs (see :mod:`fedpft_algo.rundir.checkpoint`); None without a run dir."""
-        run_dir = self.settings.run_dir
-        if run_dir is None:
+        if self.run_dir is None:
             return None
         tensors = OrderedDict(self.sub_model.state_dict())
         tensors.update(("fm." + k, v) for k, v in trainable_state(self.model).items())
         tensors["rng.server_generator"] = self.generator.get_state()
-        config = _run_config(run_dir)
+        config = self.run_config
         meta = {"comm_round": self.settings.comm_round, "method": self.config.method, "config": config,
                 "config_fingerprint": checkpoint.config_fingerprint(config) if config else None,
                 "history": self.history, "pooled_statistics": "none pending: counts are pooled and used in "
                                                                "the round they arrive",
                 "client_sampling": "FedML's rule: numpy seeded with the round index"}
-        path = checkpoint.save(run_dir, self.round_idx, tensors, meta)
+        path = checkpoint.save(self.run_dir, self.round_idx, tensors, meta)
         self.runlog.event("checkpoint", self.round_idx, path=str(path))
         return path
 
@@ -299,14 +300,6 @@ class FedPFTAggregator(ServerAggregator):
             extra["prepare_seconds"] = getattr(self, "prepare_seconds", float("nan"))
             extra["layer_align_seconds"] = self.layer_report.seconds if self.layer_report else 0.0
         return extra
-
-
-def _run_config(run_dir: Path) -> Optional[dict]:
-    """The run's resolved config (``fedpft run`` writes it); None outside a run directory."""
-    import yaml
-
-    path = Path(run_dir) / "config.yaml"
-    return yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def _kind(name: str) -> str:

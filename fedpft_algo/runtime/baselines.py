@@ -22,7 +22,6 @@ is evaluated once more with :func:`fedpft_algo.core.evaluate.evaluate` for macro
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from typing import Callable, Dict, Optional
@@ -125,7 +124,8 @@ def apply_fedml_defaults(args, method: Optional[str] = None) -> None:
             setattr(args, key, value)
 
 
-def run(args) -> None:
+def run(args, run_dir, runlog) -> None:
+    """One baseline run in FedML's sp simulator (``run_dir``, ``runlog``: see :func:`participant.process_main`)."""
     fedml = load_fedml()
     from fedml import FedMLRunner
 
@@ -133,20 +133,16 @@ def run(args) -> None:
     from ..data.tasks import load_task
     from ..core.evaluate import evaluate
     from ..models import load_full_model, load_tokenizer
-    from ..rundir.records import RunLog
-    from .settings import RunSettings
+    from ..settings import RunSettings
 
     if not (args.training_type == "simulation" and args.backend == "sp"):
         raise ConfigError("FedML baselines run in FedML's single-process simulator: "
                           "set training_type simulation and backend sp")
     apply_fedml_defaults(args)
-    runlog = RunLog(os.environ.get("FEDPFT_RUN_DIR"), "server", 0)
-    run.runlog = runlog
     runlog.status("started")
     settings = RunSettings.from_args(args)
     device = fedml.device.get_device(args)
-    task = load_task(settings.dataset, text_columns=settings.text_columns, label_column=settings.label_column,
-                     max_train=settings.max_train_examples, max_test=settings.max_test_examples, seed=settings.seed)
+    task = load_task(settings.dataset, **settings.task_args())
     image = task.modality == "image"
     torch.manual_seed(settings.seed)  # the task head's initialisation, as the FedPFT server does
     hf_model = load_full_model(settings.model, task.num_labels, settings.cache_dir)

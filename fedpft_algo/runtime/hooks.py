@@ -22,18 +22,25 @@ from ..compat import load_fedml
 logger = logging.getLogger(__name__)
 
 
-def install_mpi_simulation_hooks() -> None:
+def install_mpi_simulation_hooks(round_offset: int = 0) -> None:
+    """Swap FedML's MPI-simulation aggregator and trainer wrapper for the hooked ones below.
+
+    ``round_offset``: rounds done before this process started (a resumed run,
+    :attr:`fedpft_algo.settings.RunSettings.round_offset`); FedML counts the rounds of this process.
+    """
     load_fedml()
     from fedml.simulation.mpi.fedavg import FedAvgAPI
     from fedml.simulation.mpi.fedavg.FedAVGAggregator import FedAVGAggregator
 
     if getattr(FedAvgAPI.FedAVGAggregator, "_fedpft_hooked", False):
+        FedAvgAPI.FedAVGAggregator.round_offset = round_offset
         return
 
     class HookedFedAVGAggregator(FedAVGAggregator):
         """FedML's MPI-simulation aggregator, calling the ServerAggregator's three hooks."""
 
         _fedpft_hooked = True
+        round_offset = 0
 
         def aggregate(self):
             start = time.time()
@@ -47,8 +54,7 @@ def install_mpi_simulation_hooks() -> None:
 
         def client_sampling(self, round_idx, client_num_in_total, client_num_per_round):
             # FedML counts the rounds of this process; a resumed run continues the run's count
-            return sample_clients(round_idx + self.aggregator.settings.round_offset, client_num_in_total,
-                                  client_num_per_round)
+            return sample_clients(round_idx + self.round_offset, client_num_in_total, client_num_per_round)
 
     class IndexedFedAVGTrainer(FedAvgAPI.FedAVGTrainer):
         """FedML's MPI-simulation client wrapper, telling the ClientTrainer which client it plays.
@@ -62,6 +68,7 @@ def install_mpi_simulation_hooks() -> None:
             super().update_dataset(client_index)
             self.trainer.set_id(int(client_index))
 
+    HookedFedAVGAggregator.round_offset = round_offset
     FedAvgAPI.FedAVGAggregator = HookedFedAVGAggregator
     FedAvgAPI.FedAVGTrainer = IndexedFedAVGTrainer
 
@@ -77,15 +84,16 @@ def sample_clients(round_idx: int, client_num_in_total: int, client_num_per_roun
 class SingleProcessFlow:
     """FedML's round structure in one process, for FedML's ``sp`` backend (fast benchmarks)."""
 
-    def __init__(self, args, device, dataset, trainer, aggregator, runlog):
+    def __init__(self, args, device, dataset, trainer, aggregator, runlog, settings):
         self.args, self.device, self.dataset = args, device, dataset
         self.trainer, self.aggregator, self.runlog = trainer, aggregator, runlog
+        self.settings = settings
 
     def run(self):
         _, _, _, _, train_num_dict, train_local_dict, _, _ = self.dataset
-        settings = self.aggregator.settings
+        settings = self.settings
         payload = self.aggregator.get_model_params()
-        for round_idx in range(settings.round_offset, settings.comm_round):
+        for round_idx in settings.rounds:   # a resumed run starts after its checkpoint's rounds
             self.runlog.status("training", round_idx)
             uploads = []
             for client_index in sample_clients(round_idx, settings.client_num_in_total, settings.client_num_per_round):

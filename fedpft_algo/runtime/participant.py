@@ -3,7 +3,7 @@
     python -m fedpft_algo.participant --cf config.yaml                       # sp, or under mpirun
     python -m fedpft_algo.participant --cf config.yaml --rank R --role ROLE  # cross-silo GRPC
 
-``fedpft run`` starts these processes (see :mod:`fedpft_algo.launch.launcher`); FedML parses the
+``fedpft run`` starts these processes (see :mod:`fedpft_algo.launch.supervisor`); FedML parses the
 command line, reads the yaml and derives rank and role (from MPI, or from the flags).
 The server (rank 0) loads the FM, the public data and the test set; a client builds the sub-FM
 skeleton from ``config.json`` alone and may not open the FM's weight files at all.
@@ -14,12 +14,15 @@ import logging
 import os
 import sys
 import traceback
+from typing import Optional, Tuple
 
 import torch
 
 from ..compat import load_fedml
 from ..errors import FedPFTError
-from ..rundir.records import RunLog, write_json_atomic
+from ..files import write_json_atomic
+from ..rundir.layout import RunDir
+from ..rundir.records import RunLog
 
 logger = logging.getLogger("fedpft_algo.participant")
 
@@ -30,7 +33,7 @@ def _encoder(settings, model_config, task):
     return model_config if task.modality == "image" else load_tokenizer(settings.model, settings.cache_dir)
 
 
-def build_server(args, settings, task, model_config, device, runlog):
+def build_server(args, settings, task, model_config, device, runlog, run_dir=None, run_config=None):
     from .aggregator import FedPFTAggregator
     from ..data.loaders import encode_inputs, make_collator, make_loader
     from ..data.public import default_public_name, load_public
@@ -52,7 +55,8 @@ def build_server(args, settings, task, model_config, device, runlog):
     full_model = load_full_model(settings.model, task.num_labels, settings.cache_dir)
     return FedPFTAggregator(full_model, args, settings=settings, public_batches=public_loader,
                             eval_batches=eval_batches, test_data=test_loader, device=device, runlog=runlog,
-                            cache_extra=f"{config.public_dataset or default_public_name(task)}:{len(features)}:{settings.seed}")
+                            cache_extra=f"{config.public_dataset or default_public_name(task)}:{len(features)}:{settings.seed}",
+                            run_dir=run_dir, run_config=run_config)
 
 
 def build_client(args, settings, task, model_config, device, runlog):
@@ -74,7 +78,7 @@ def build_client(args, settings, task, model_config, device, runlog):
                          runlog=runlog), model
 
 
-def build_dataset(settings, task, model_config, *, with_clients: bool):
+def build_dataset(settings, task, model_config, *, with_clients: bool, run_dir: Optional[RunDir] = None):
     from ..data.loaders import build_fedml_dataset
 
     encoder = _encoder(settings, model_config, task)
@@ -82,55 +86,61 @@ def build_dataset(settings, task, model_config, *, with_clients: bool):
                                method=settings.partition_method, alpha=settings.partition_alpha,
                                batch_size=settings.batch_size, seed=settings.seed,
                                max_length=settings.fedpft.max_length, cache_dir=str(settings.cache_dir / "features"))
-    if settings.run_dir and not (settings.run_dir / "partition.json").exists():
-        write_json_atomic(settings.run_dir / "partition.json", data.records)
-        (settings.run_dir / "partition.txt").write_text(data.table() + "\n", encoding="utf-8")
+    if run_dir is not None and not run_dir.partition_json.exists():
+        write_json_atomic(run_dir.partition_json, data.records)
+        run_dir.partition_txt.write_text(data.table() + "\n", encoding="utf-8")
     if not with_clients:
         # the server holds no client data: only sizes (for FedML's bookkeeping) and the test set
         data[2], data[5] = None, {i: None for i in data[5]}
     return data
 
 
-def run(args) -> None:
+def role_of(args) -> Tuple[str, int]:
+    """``("server", 0)`` or ``("client", rank)``: FedML's rank and role (from MPI, or from the flags)."""
+    rank = int(getattr(args, "rank", 0))
+    return ("server" if getattr(args, "role", None) == "server" or rank == 0 else "client"), rank
+
+
+def run(args, run_dir: Optional[RunDir], runlog: RunLog) -> None:
     fedml = load_fedml()
     from fedml import FedMLRunner
 
+    from ..config import read_config
     from ..data.tasks import load_task
     from .hooks import SingleProcessFlow, install_mpi_simulation_hooks
     from ..models import forbid_weight_files, load_model_config, resolve_model_dir
-    from .settings import RunSettings
+    from ..settings import RunSettings
 
-    role = "server" if args.role == "server" or int(getattr(args, "rank", 0)) == 0 else "client"
+    role = runlog.role
     single = args.training_type == "simulation" and args.backend == "sp"
-    runlog = RunLog(os.environ.get("FEDPFT_RUN_DIR"), role, int(getattr(args, "rank", 0)))
-    run.runlog = runlog
     runlog.status("started")
     settings = RunSettings.from_args(args)
     device = fedml.device.get_device(args)
     if role == "client" and not single:
         forbid_weight_files(resolve_model_dir(settings.model, settings.cache_dir, verify=False))
-    task = load_task(settings.dataset, text_columns=settings.text_columns, label_column=settings.label_column,
-                     max_train=settings.max_train_examples, max_test=settings.max_test_examples, seed=settings.seed)
+    task = load_task(settings.dataset, **settings.task_args())
     model_config = load_model_config(settings.model, task.num_labels, settings.cache_dir, verify=(role == "server"))
     if args.training_type == "simulation" and args.backend == "MPI":
-        install_mpi_simulation_hooks()
+        install_mpi_simulation_hooks(settings.round_offset)
+    # what the server's checkpoints record of the run: the config this process was started with
+    run_config = read_config(args.yaml_config_file) if role == "server" and run_dir is not None else None
 
     runlog.status("training", 0)
     if single:
-        dataset = build_dataset(settings, task, model_config, with_clients=True)
-        aggregator = build_server(args, settings, task, model_config, device, runlog)
+        dataset = build_dataset(settings, task, model_config, with_clients=True, run_dir=run_dir)
+        aggregator = build_server(args, settings, task, model_config, device, runlog, run_dir, run_config)
         trainer, model = build_client(args, settings, task, model_config, device, runlog)
-        flow = SingleProcessFlow(args, device, dataset, trainer, aggregator, runlog)
+        flow = SingleProcessFlow(args, device, dataset, trainer, aggregator, runlog, settings)
         FedMLRunner(args, device, dataset, model, algorithm_flow=flow).run()
     elif role == "server":
         # the server computes only while the clients wait for it: it may use every core
         torch.set_num_threads(max(torch.get_num_threads(), os.cpu_count() or 1))
-        dataset = build_dataset(settings, task, model_config, with_clients=False)
-        aggregator = build_server(args, settings, task, model_config, device, runlog)
+        dataset = build_dataset(settings, task, model_config, with_clients=False, run_dir=run_dir)
+        aggregator = build_server(args, settings, task, model_config, device, runlog, run_dir, run_config)
         # the pre-round hook runs inside the first get_model_params, once FedML's transport is up
         FedMLRunner(args, device, dataset, aggregator.model, server_aggregator=aggregator).run()
     else:
-        dataset = build_dataset(settings, task, model_config, with_clients=True)
+        dataset = build_dataset(settings, task, model_config, with_clients=True, run_dir=run_dir)
         trainer, model = build_client(args, settings, task, model_config, device, runlog)
         FedMLRunner(args, device, dataset, model, client_trainer=trainer).run()
     runlog.status("done")
@@ -149,21 +159,23 @@ def _abort_mpi(args) -> None:
 def process_main(run_fn, name: str, on_failure=None) -> int:
     """Entry point of a FedML process started by ``fedpft run`` / ``fedpft bench``.
 
-    Parses FedML's command line, calls ``run_fn(args)``; on any error records ``failed`` in the run's
-    status file (``run_fn.runlog``), prints one line ``fedpft <name>: <error>`` and returns 2 for an
-    input error (:class:`FedPFTError`) or 1 otherwise (with the traceback for the logs).
+    Parses FedML's command line and calls ``run_fn(args, run_dir, runlog)`` with the run directory
+    the launcher named (:meth:`RunDir.from_env`; None outside a run) and this participant's
+    :class:`RunLog`. On any error it records ``failed`` in the participant's status file, prints one
+    line ``fedpft <name>: <error>`` and returns 2 for an input error (:class:`FedPFTError`) or 1
+    otherwise (with the traceback for the logs).
     """
     logging.basicConfig(level=os.environ.get("FEDPFT_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
     fedml = load_fedml()
     args = fedml.init(check_env=False)
+    run_dir = RunDir.from_env()
+    runlog = RunLog(run_dir, *role_of(args))
     try:
-        run_fn(args)
+        run_fn(args, run_dir, runlog)
     except BaseException as exc:  # noqa: BLE001 - report, then exit non-zero
         message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip()
-        runlog = getattr(run_fn, "runlog", None)
-        if runlog is not None:
-            runlog.status("failed", error=message)
+        runlog.status("failed", error=message)
         if not isinstance(exc, FedPFTError):
             traceback.print_exc()
         print(f"fedpft {name}: {message}", file=sys.stderr, flush=True)
