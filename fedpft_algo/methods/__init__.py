@@ -13,7 +13,7 @@ trainer unchanged (:mod:`fedpft_algo.runtime.baselines`); the bench lists both.
 
 Imports: this package may import ``core``, ``config``, ``errors`` and the file/run-directory helpers;
 never ``fedml``, ``data``, ``models``, ``runtime``, ``launch`` or ``bench``. The registry and
-:mod:`.base` import neither torch's models nor peft: the built-ins are imported on first use.
+:mod:`.base` import neither transformers nor peft: the built-ins are imported on first use.
 """
 from __future__ import annotations
 
@@ -34,10 +34,9 @@ _builtins_loaded = False
 
 
 def _registry() -> Dict[str, Method]:
-    """The registry, with the built-ins in it (imported on first use: they import torch models and peft)."""
+    """The registry, with the built-ins in it (imported on first use: they import transformers and peft)."""
     global _builtins_loaded
     if not _builtins_loaded:
-        _builtins_loaded = True
         from .fedot import FedOT
         from .fedpft import FedPETuning, FedPFT
 
@@ -50,8 +49,8 @@ def _registry() -> Dict[str, Method]:
             "fedot": FedOT(),
         }
         assert tuple(builtins) == _config.METHODS, "config.METHODS names exactly the built-in methods"
-        for name, method in builtins.items():
-            _REGISTRY.setdefault(name, method)  # a method registered under a built-in's name first stays
+        _REGISTRY.update(builtins)
+        _builtins_loaded = True
     return _REGISTRY
 
 
