@@ -15,6 +15,7 @@ error paths) do not pay for importing ``peft`` and ``transformers``.
 import importlib
 
 from . import compat  # noqa: F401  (must run before anything imports fedml or torchvision)
+from . import methods  # noqa: F401  (binds the method registry to the config; cheap: built-ins load on use)
 from .config import FedPFTConfig
 from .errors import ConfigError, DataError, FedPFTError, ModelError
 
@@ -22,6 +23,7 @@ _LAZY = {
     "build_sub_model": "core.compression", "build_sub_model_skeleton": "core.compression",
     "trainable_state": "core.lora", "plug_in_": "core.lora", "add_lora": "core.lora",
     "weighted_average": "core.aggregation", "register_arch": "core.arch", "ArchSpec": "core.arch",
+    "register_method": "methods",
 }
 
 __all__ = ["FedPFTConfig", "FedPFTError", "ConfigError", "DataError", "ModelError", *_LAZY]

@@ -16,7 +16,7 @@ import os
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import yaml
 
@@ -26,7 +26,12 @@ Sections = Dict[str, Dict[str, Any]]   # a FedML yaml: section -> key -> value
 
 PREFIX = "fedpft_"
 
+# The built-in methods: the yaml vocabulary of ``fedpft_method``. What a method decides lives in
+# :mod:`fedpft_algo.methods`, which imports this module and never the reverse: it binds its registry
+# here when imported (``fedpft_algo/__init__`` imports it), so that validation accepts every registered
+# name, a method registered at run time too, and the properties below ask the config's method.
 METHODS = ("fedpft", "fedpft_n", "fedpft_b", "fedpft_d", "fedpetuning", "fedot")
+_registry = None  # (known_methods, get_method) of fedpft_algo.methods, once it has bound itself
 STATISTICS = ("apoz", "mean_abs")
 AGGREGATIONS = ("weighted", "uniform")
 
@@ -92,7 +97,7 @@ class FedPFTConfig:
 
     def __post_init__(self) -> None:
         _check_types(self)
-        _check_choice("method", self.method, METHODS)
+        _check_choice("method", self.method, method_names())
         _check_choice("align_statistic", self.align_statistic, STATISTICS)
         _check_choice("aggregation", self.aggregation, AGGREGATIONS)
         _check_range("ffn_keep_ratio", self.ffn_keep_ratio, 0.0, 1.0, "a number in (0, 1]", low_open=True)
@@ -147,17 +152,18 @@ class FedPFTConfig:
 
     @property
     def uses_sub_model(self) -> bool:
-        return self.method != "fedpetuning"
+        """Whether clients hold a proxy smaller than the FM (False for FedPETuning: clients hold the FM)."""
+        return _method_of(self).uses_proxy
 
     @property
     def layer_alignment(self) -> bool:
         """Layer-level alignment before FL (FedPFT, _B; FedOT distils its emulator the same way)."""
-        return self.method in ("fedpft", "fedpft_b", "fedot") and self.layer_align_steps > 0
+        return _method_of(self).layer_alignment(self)
 
     @property
     def neuron_alignment(self) -> bool:
         """Neuron-level alignment during FL (FedPFT, _D)."""
-        return self.method in ("fedpft", "fedpft_d") and self.neuron_align_steps > 0
+        return _method_of(self).neuron_alignment(self)
 
     def is_alignment_round(self, round_idx: int, comm_round: int) -> bool:
         """Whether neuron-level alignment runs after round ``round_idx`` (0-based).
@@ -207,6 +213,24 @@ class FedPFTConfig:
     def from_args(cls, args: Any) -> "FedPFTConfig":
         """Build from FedML's flattened ``args``."""
         return cls.from_flat(vars(args))
+
+
+# ---------------------------------------------------------------------- the methods
+def bind_method_registry(known_methods: Callable[[], Tuple[str, ...]], get_method: Callable[[str], Any]) -> None:
+    """Called by :mod:`fedpft_algo.methods` on import: the names of the methods, and a method by name."""
+    global _registry
+    _registry = (known_methods, get_method)
+
+
+def method_names() -> Tuple[str, ...]:
+    """Every valid ``fedpft_method``: the built-ins, then the methods registered in this process."""
+    return _registry[0]() if _registry is not None else METHODS
+
+
+def _method_of(config: "FedPFTConfig"):
+    if _registry is None:  # unreachable through the package: fedpft_algo/__init__ imports fedpft_algo.methods
+        raise RuntimeError("fedpft_algo.methods is not imported: it binds the method registry to the config")
+    return _registry[1](config.method)
 
 
 # ---------------------------------------------------------------------- validation helpers

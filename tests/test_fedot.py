@@ -11,6 +11,7 @@ from fedpft_algo.methods.fedot import (LAYER_MAP_ATTR, adapter_layers, add_emula
                                build_emulator_skeleton, distillation_targets, emulator_layer_map, full_model_names,
                                plug_in_mapped_, uniform_layer_map)
 from fedpft_algo.core.lora import add_lora, is_trainable_name, plug_in_, trainable_state
+from fedpft_algo.models import model_class_for
 
 FEDOT = FedPFTConfig(method="fedot")
 
@@ -48,7 +49,7 @@ def test_budget_rule_minilm_matches_the_sub_model_within_half_a_layer():
 
     # Execute
     layer_map = emulator_layer_map(model_config, FEDOT)
-    emulator = build_emulator_skeleton(model_config, FEDOT)
+    emulator = build_emulator_skeleton(model_config, FEDOT, model_class=model_class_for(model_config))
 
     # Assert: 1 + 2 + 1 layers; sub-FM 7,103,232 vs emulator 7,097,856 transformer-layer parameters
     assert layer_map == (0, 1, 3, 5)
@@ -81,7 +82,7 @@ def test_skeleton_from_config_loads_the_server_emulator_strictly(model_type, mak
     fm_config = copy.deepcopy(fm.config)
 
     # Execute
-    skeleton = build_emulator_skeleton(fm_config, FEDOT).eval()
+    skeleton = build_emulator_skeleton(fm_config, FEDOT, model_class=model_class_for(fm_config)).eval()
     skeleton.load_state_dict(emulator.state_dict(), strict=True)
 
     # Assert: same architecture and map; identical outputs; the FM itself is untouched

@@ -3,7 +3,8 @@
 In FedML's ``sp`` mode the server and every client share one process, so neither wall time nor
 peak memory there is a client's. The bench therefore starts this module once per (model, kind)
 in a fresh process, which builds exactly what that method's client holds, from configuration
-alone (random weights: the compute and memory are those of the trained weights):
+alone (random weights: the compute and memory are those of the trained weights). The kind is a
+method's ``client_kind`` (:mod:`fedpft_algo.methods`) or one of FedML's baselines:
 
 ==============  =====================================================  ==========================
 kind            client model                                           trains (optimiser)
@@ -35,8 +36,9 @@ from pathlib import Path
 from typing import Dict
 
 KINDS = ("sub_model", "emulator", "full_lora", "full_model", "full_prox")
-_METHOD_KINDS = {"fedot": "emulator", "fedpetuning": "full_lora", "fedprox": "full_prox",
-                 "fedavg": "full_model", "fedopt": "full_model", "fednova": "full_model"}
+# FedML's baselines train the whole FM with FedML's trainer; the other kinds are the methods' own
+_BASELINE_KINDS = {"fedavg": "full_model", "fedopt": "full_model", "fednova": "full_model", "fedprox": "full_prox"}
+_FULL_MODEL_KINDS = frozenset(_BASELINE_KINDS.values())
 
 
 def peak_rss_mb() -> float:
@@ -79,28 +81,48 @@ def _proc_status() -> Dict[str, int]:
 
 
 def kind_of(method: str) -> str:
-    """Which client model a bench method's clients hold."""
-    return _METHOD_KINDS.get(method, "sub_model")
+    """Which client model a bench method's clients hold: a FedML baseline's, or the method's ``client_kind``."""
+    if method in _BASELINE_KINDS:
+        return _BASELINE_KINDS[method]
+    from ..methods import get_method
+
+    return get_method(method).client_kind
 
 
 def _client_model(kind: str, model_config, config):
-    """(model to train, model whose layers count the FLOPs)."""
-    from ..core.compression import build_sub_model_skeleton
-    from ..methods.fedot import add_emulator_lora, build_emulator_skeleton
-    from ..core.lora import add_lora
+    """(model to train, model whose layers count the FLOPs): what the client of ``kind`` holds."""
+    from ..methods import get_method, known_methods
     from ..models import model_class_for
 
     model_class = model_class_for(model_config)
-    if kind == "sub_model":
-        skeleton = build_sub_model_skeleton(model_config, config, model_class=model_class)
-        return add_lora(skeleton, config), skeleton
-    if kind == "emulator":
-        skeleton = build_emulator_skeleton(model_config, config, model_class=model_class)
-        return add_emulator_lora(skeleton, config), skeleton
-    skeleton = model_class.from_config(model_config)
-    if kind == "full_lora":
-        return add_lora(skeleton, config), skeleton
-    return skeleton, skeleton
+    if kind in _FULL_MODEL_KINDS:  # FedML's baselines: the whole FM, every parameter trained
+        model = model_class.from_config(model_config)
+        return model, model
+    method = next(get_method(name) for name in known_methods() if get_method(name).client_kind == kind)
+    client = method.client_model(model_config, config, model_class=model_class)
+    return client, client.get_base_model()  # LoRA wraps the skeleton's modules in place
+
+
+def _optimiser_step(kind: str, client, learning_rate: float, full_learning_rate: float, fedprox_mu: float):
+    """(trained parameters, one training step on a batch), as the client of ``kind`` trains."""
+    import torch
+
+    params = [p for p in client.parameters() if p.requires_grad]
+    if kind in _FULL_MODEL_KINDS:  # FedML's classification trainer: Adam(amsgrad) on every parameter
+        optimizer = torch.optim.Adam(params, lr=full_learning_rate, amsgrad=True)
+    else:  # FedPFTTrainer: AdamW on LoRA + head
+        optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+    anchor = [p.detach().clone() for p in params] if kind == "full_prox" else None
+
+    def step(batch):
+        loss = client(**batch).loss
+        if anchor is not None:  # FedProx: mu/2 ||w - w_global||^2 over every parameter
+            loss = loss + sum((fedprox_mu / 2) * (p - a).pow(2).sum() for p, a in zip(params, anchor))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return params, step
 
 
 def probe(model: str, kind: str, task: str, *, examples: int = 64, batch_size: int = 16, max_length: int = 64,
@@ -127,28 +149,13 @@ def probe(model: str, kind: str, task: str, *, examples: int = 64, batch_size: i
     base_rss = current_rss_mb() if peak_reset else peak_rss_mb()
     torch.manual_seed(seed)
     client, skeleton = _client_model(kind, model_config, config)
-    full = kind in ("full_model", "full_prox")
-    if config.gradient_checkpointing and not full:  # as FedPFTTrainer does; FedML's trainer has no such option
+    if config.gradient_checkpointing and kind not in _FULL_MODEL_KINDS:  # as FedPFTTrainer does (not FedML)
         from ..core.lora import enable_gradient_checkpointing
 
         enable_gradient_checkpointing(client)
     built_rss = current_rss_mb()
     client.train()
-    params = [p for p in client.parameters() if p.requires_grad]
-    if full:  # FedML's classification trainer: Adam(amsgrad) on every parameter
-        optimizer = torch.optim.Adam(params, lr=full_learning_rate, amsgrad=True)
-    else:  # FedPFTTrainer: AdamW on LoRA + head
-        optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
-    anchor = [p.detach().clone() for p in params] if kind == "full_prox" else None
-
-    def step(batch):
-        loss = client(**batch).loss
-        if anchor is not None:  # FedProx: mu/2 ||w - w_global||^2 over every parameter
-            loss = loss + sum((fedprox_mu / 2) * (p - a).pow(2).sum() for p, a in zip(params, anchor))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
+    params, step = _optimiser_step(kind, client, learning_rate, full_learning_rate, fedprox_mu)
     step(next(iter(loader)))  # warm-up (allocations, lazy init); not timed
     times = []
     for _ in range(max(1, repeats)):

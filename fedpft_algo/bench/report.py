@@ -19,7 +19,6 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 from .client_cost import kind_of
 from ..files import write_json_atomic
 
-FAMILY = ("fedpft", "fedpft_b", "fedpft_d", "fedpft_n", "fedot", "fedpetuning")
 CSV_COLUMNS = ("method", "task", "partition", "seed", "model", "rounds", "final_accuracy", "best_accuracy",
                "tail_accuracy",
                "sub_accuracy", "macro_f1", "upload_bytes_per_client_round", "download_bytes_per_client_round",

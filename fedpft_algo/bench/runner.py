@@ -21,7 +21,7 @@ The bench yaml is a FedML config (the base of every run) plus a ``bench:`` secti
       variants: {fedpft_t5: {method: fedpft, set: {fedpft_align_interval: 5}}}  # a method with other settings
 
 Methods are the FedPFT family (:data:`fedpft_algo.config.METHODS`, run by
-``python -m fedpft_algo.participant``) and FedML's baselines (:data:`fedpft_algo.runtime.baselines.BASELINES`,
+``python -m fedpft_algo.participant``) and FedML's baselines (:data:`fedpft_algo.methods.FEDML_BASELINES`,
 run by ``python -m fedpft_algo.runtime.baselines`` in FedML's own sp simulator). Every cell (method x task
 x partition x seed) is one such subprocess in FedML's ``sp`` mode, started and watched by the
 launcher with a per-cell timeout. A finished cell is recorded in ``results.json`` with a hash of
@@ -46,7 +46,7 @@ from typing import Any, Dict, Optional
 
 import yaml
 
-from ..runtime.baselines import BASELINES
+from ..methods import FEDML_BASELINES as BASELINES
 # re-exported: the bench's public names live in bench_spec
 from .spec import BenchSpec, Cell, cell_config, config_hash, load_spec, plan_cells
 from ..config import FedPFTConfig, flatten
@@ -96,11 +96,13 @@ def run_cell(spec: BenchSpec, cell: Cell, out: Path, stop: Optional[threading.Ev
 def _producers_first(spec: BenchSpec, cells):
     """Cells whose runs fill the shared cache (the layer-aligned sub-FM, FedOT's distilled emulator)
     first, one of each, so that cells side by side load the cache entry instead of waiting for it."""
+    from ..methods import get_method
+
     first = {}
     for cell in cells:
         method = spec.base_method(cell.method)
         if method not in BASELINES and FedPFTConfig(method=method).layer_alignment:
-            first.setdefault((cell.model, method == "fedot"), cell)
+            first.setdefault((cell.model, get_method(method).client_kind), cell)  # one per kind of proxy
     lead = list(first.values())
     return lead + [c for c in cells if c not in lead]
 

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..runtime.baselines import BASELINES
+from ..methods import FEDML_BASELINES as BASELINES
 from ..config import METHODS, FedPFTConfig, flatten, read_config
 from ..errors import ConfigError, FedPFTError
 from ..launch.plan import resolve_paths, set_key
 
+# The built-in methods only: a cell runs in a process of its own, where a method registered here is unknown.
 ALL_METHODS = METHODS + tuple(BASELINES)
 _BENCH_KEYS = {"methods", "tasks", "partitions", "seeds", "cell_timeout", "probe_examples", "baseline_args",
                "vision", "smoke", "threads", "jobs", "variants"}

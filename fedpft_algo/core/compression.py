@@ -52,8 +52,6 @@ def kept_width(config: FedPFTConfig, d_ff: int) -> int:
 def sub_model_widths(model_config, config: FedPFTConfig) -> List[int]:
     """FFN width of every layer of the sub-FM, from shapes alone."""
     d_ff = ffn_size(model_config)
-    if not config.uses_sub_model:  # FedPETuning: clients hold the full FM
-        return [d_ff] * num_layers(model_config)
     compressed = set(config.compressed_layers(num_layers(model_config)))
     return [kept_width(config, d_ff) if i in compressed else d_ff for i in range(num_layers(model_config))]
 

@@ -1,9 +1,10 @@
-"""The server's pre-round hook: build the sub-FM and align it layer by layer, with a disk cache.
+"""The disk cache of aligned proxies (FedPFT's sub-FM, FedOT's emulator), shared by runs and bench cells.
 
-The aligned sub-FM depends only on the FM's weights and the compression/alignment settings, so
-it is cached under a key of (hash of the FM's transformer-layer weights, those settings): a
-second run with the same FM and settings reuses it instead of distilling again. Only the tensors
-alignment changes (the compressed layers' FFNs and FFN LayerNorms) are cached, as safetensors.
+An aligned proxy depends only on the FM's weights and the compression/alignment settings, so it is
+cached under a key of (hash of the FM's transformer-layer weights, those settings, the method's own
+suffix): a second run with the same FM and settings reuses it instead of distilling again. Only the
+tensors alignment changes (e.g. the compressed layers' FFNs and FFN LayerNorms) are cached, as
+safetensors. The methods (:mod:`.fedpft`, :mod:`.fedot`) build the proxies and call :func:`load_or_align`.
 """
 from __future__ import annotations
 
@@ -11,14 +12,13 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, Optional, Tuple
 
 from safetensors.torch import load_file
 from torch import nn
 
-from ..core.alignment import AlignmentReport, align_layers_
-from ..core.arch import find_layers, num_layers
-from ..core.compression import KeepIndex, build_sub_model
+from ..core.alignment import AlignmentReport
+from ..core.arch import find_layers
 from ..config import FedPFTConfig
 
 logger = logging.getLogger(__name__)
@@ -54,40 +54,6 @@ def save_tensors_atomic(model: nn.Module, names, path: Path) -> None:
 
     state = model.state_dict()
     write_bytes_atomic(path, save({name: state[name].detach().cpu().contiguous() for name in names}))
-
-
-def prepare_sub_model(full_model: nn.Module, config: FedPFTConfig, public_batches: Sequence, eval_batches: Sequence,
-                      *, cache_dir: Optional[Path] = None, cache_extra: str = "",
-                      device="cpu") -> Tuple[nn.Module, KeepIndex, Optional[AlignmentReport], bool]:
-    """Build the sub-FM and (for methods that use it) align it before FL.
-
-    Returns ``(sub_model, keep_index, report, from_cache)``; ``report`` is ``None`` when no
-    alignment ran in this call (disabled, or loaded from the cache).
-    """
-    if config.method == "fedot":  # Offsite-Tuning's layer-dropped emulator instead of the sub-FM
-        from .fedot import prepare_emulator
-
-        return prepare_emulator(full_model, config, public_batches, eval_batches, cache_dir=cache_dir,
-                                cache_extra=cache_extra, device=device)
-    sub_model, keep_index = build_sub_model(full_model, config)
-    if not config.layer_alignment:
-        return sub_model, keep_index, None, False
-    layers = config.compressed_layers(num_layers(full_model.config))
-
-    def align() -> AlignmentReport:
-        full_model.to(device)
-        sub_model.to(device)
-        return align_layers_(full_model, sub_model, public_batches, eval_batches, layers,
-                             steps=config.layer_align_steps, lr=config.layer_align_lr,
-                             weight_decay=config.layer_align_weight_decay,
-                             warmup_ratio=config.layer_align_warmup_ratio,
-                             max_grad_norm=config.align_max_grad_norm, device=device)
-
-    path = None
-    if cache_dir is not None:
-        path = Path(cache_dir) / "sub_models" / f"{cache_key(full_model, config, cache_extra)}.safetensors"
-    report, from_cache = load_or_align(sub_model, path, align, "layer-level alignment")
-    return sub_model, keep_index, report, from_cache
 
 
 def load_or_align(model: nn.Module, path: Optional[Path], align: Callable[[], AlignmentReport],

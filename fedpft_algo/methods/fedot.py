@@ -35,6 +35,7 @@ import re
 import time
 import types
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Mapping, Optional, Sequence, Tuple
 
@@ -43,8 +44,11 @@ from torch import nn
 
 from ..core.alignment import AlignmentReport, _distil, _OnlyTrain, evaluate_alignment
 from ..core.arch import arch_of, find_layers, get_arch
+from ..core.compression import build_sub_model_skeleton, encoder_parameters
 from ..config import FedPFTConfig
 from ..core.lora import copy_checked_, is_trainable_name, lora_config
+from .base import Method, Proxy
+from .cache import cache_key, load_or_align
 
 logger = logging.getLogger(__name__)
 
@@ -81,14 +85,14 @@ def uniform_layer_map(num_full_layers: int, kept_middle: int) -> Tuple[int, ...]
 
 
 def _parameter_budget(model_config, config: FedPFTConfig) -> Tuple[List[int], int]:
-    """(parameters of each FM layer, transformer-layer parameters of FedPFT's sub-FM), from shapes only."""
-    from ..core.compression import build_sub_model_skeleton, encoder_parameters
-    from ..models import model_class_for
+    """(parameters of each FM layer, transformer-layer parameters of FedPFT's sub-FM), from shapes only.
 
-    fedpft = dataclasses.replace(config, method="fedpft")  # the sub-FM FedPFT would build with these settings
+    Only the transformer layers are counted, so the models are built without a task head."""
+    from transformers import AutoModel
+
     with torch.device("meta"):  # shapes only: nothing is allocated, no weights are read
-        full = model_class_for(model_config).from_config(copy.deepcopy(model_config))
-        sub = build_sub_model_skeleton(model_config, fedpft)
+        full = AutoModel.from_config(copy.deepcopy(model_config))
+        sub = build_sub_model_skeleton(model_config, config, model_class=AutoModel)  # FedPFT's, same settings
     per_layer = [sum(p.numel() for p in layer.parameters()) for layer in find_layers(full)]
     return per_layer, encoder_parameters(sub)
 
@@ -159,15 +163,14 @@ def build_emulator(full_model: nn.Module, config: FedPFTConfig) -> nn.Module:
     return emulator
 
 
-def build_emulator_skeleton(model_config, config: Optional[FedPFTConfig] = None, *, model_class=None) -> nn.Module:
-    """The emulator's architecture from configuration alone (random weights; a client fills it)."""
-    from ..models import model_class_for
+def build_emulator_skeleton(model_config, config: Optional[FedPFTConfig] = None, *, model_class) -> nn.Module:
+    """The emulator's architecture from configuration alone (random weights; a client fills it).
 
+    ``model_class``: the transformers auto class with the task's head (``models.model_class_for``)."""
     layer_map = emulator_layer_map(model_config, config)
     emulator_config = copy.deepcopy(model_config)
     setattr(emulator_config, get_arch(model_config.model_type).num_layers_attr, len(layer_map))
     emulator_config.update({LAYER_MAP_ATTR: list(layer_map)})
-    model_class = model_class or model_class_for(model_config)
     return model_class.from_config(emulator_config)
 
 
@@ -181,11 +184,6 @@ def add_emulator_lora(emulator: nn.Module, config: FedPFTConfig):
                                layers_to_transform=list(adapter_layers(layer_map)),
                                layers_pattern=spec.layers.rsplit(".", 1)[-1])
     return get_peft_model(emulator, lora)
-
-
-def build_client_emulator(model_config, config: FedPFTConfig, *, model_class=None):
-    """What a FedOT client holds: the emulator skeleton with adapter LoRA (weights from the first payload)."""
-    return add_emulator_lora(build_emulator_skeleton(model_config, config, model_class=model_class), config)
 
 
 # ---------------------------------------------------------------------- plug-in
@@ -262,30 +260,48 @@ def align_emulator_(full_model: nn.Module, emulator: nn.Module, batches, eval_ba
     return report
 
 
-def prepare_emulator(full_model: nn.Module, config: FedPFTConfig, public_batches, eval_batches: Sequence, *,
-                     cache_dir: Optional[Path] = None, cache_extra: str = "", device="cpu"):
-    """FedOT's pre-round hook: build the emulator and distil it (cached like the aligned sub-FM).
+# ---------------------------------------------------------------------- the method
+@dataclass(frozen=True)
+class FedOT(Method):
+    """Federated Offsite-Tuning: clients hold the distilled emulator and tune LoRA on its adapter layers."""
 
-    Returns ``(emulator, {}, report, from_cache)`` in the shape of :func:`proxy.prepare_sub_model`.
-    """
-    from .cache import cache_key, load_or_align
+    client_kind = "emulator"
 
-    emulator = build_emulator(full_model, config)
-    if not config.layer_alignment:
-        return emulator, {}, None, False
-    layer_map = emulator_layer_map(emulator.config)
+    def layer_alignment(self, config) -> bool:
+        return config.layer_align_steps > 0  # the emulator is distilled like FedPFT's layer-level alignment
 
-    def align():
-        full_model.to(device)
-        emulator.to(device)
-        return align_emulator_(full_model, emulator, public_batches, eval_batches, steps=config.layer_align_steps,
-                               lr=config.layer_align_lr, weight_decay=config.layer_align_weight_decay,
-                               warmup_ratio=config.layer_align_warmup_ratio,
-                               max_grad_norm=config.align_max_grad_norm, device=device)
+    def build_proxy(self, full_model, config, public_batches, eval_batches, *, cache_dir=None, cache_extra="",
+                    device="cpu") -> Proxy:
+        """Build the emulator and distil it (cached like the aligned sub-FM, under a key of its own)."""
+        emulator = build_emulator(full_model, config)
+        if not self.layer_alignment(config):
+            return Proxy(emulator)
+        layer_map = emulator_layer_map(emulator.config)
 
-    path = None
-    if cache_dir is not None:
-        key = cache_key(full_model, config, f"{cache_extra}|fedot-emulator:{list(layer_map)}")
-        path = Path(cache_dir) / "emulators" / f"{key}.safetensors"
-    report, from_cache = load_or_align(emulator, path, align, "FedOT emulator distillation")
-    return emulator, {}, report, from_cache
+        def align():
+            full_model.to(device)
+            emulator.to(device)
+            return align_emulator_(full_model, emulator, public_batches, eval_batches,
+                                   steps=config.layer_align_steps, lr=config.layer_align_lr,
+                                   weight_decay=config.layer_align_weight_decay,
+                                   warmup_ratio=config.layer_align_warmup_ratio,
+                                   max_grad_norm=config.align_max_grad_norm, device=device)
+
+        path = None
+        if cache_dir is not None:
+            key = cache_key(full_model, config, f"{cache_extra}|fedot-emulator:{list(layer_map)}")
+            path = Path(cache_dir) / "emulators" / f"{key}.safetensors"
+        report, from_cache = load_or_align(emulator, path, align, "FedOT emulator distillation")
+        return Proxy(emulator, report, from_cache)
+
+    def client_skeleton(self, model_config, config, *, model_class):
+        return build_emulator_skeleton(model_config, config, model_class=model_class)
+
+    def add_client_lora(self, model, config):
+        return add_emulator_lora(model, config)
+
+    def full_model_names(self, state, proxy, full_model):
+        return full_model_names(state, emulator_layer_map(proxy.config), arch_of(full_model).layers)
+
+    def plug_in_(self, full_model, state, proxy) -> None:
+        plug_in_mapped_(full_model, state, emulator_layer_map(proxy.config))

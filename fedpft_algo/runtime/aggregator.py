@@ -8,7 +8,8 @@ FedML's call order on the server (measured for MPI simulation with the hooked ag
                -> set_model_params -> test_all / test
 
 * pre-round hook: build the sub-FM from the FM, align it layer by layer on public data
-  (cached), add LoRA to FM and sub-FM; the first payload is the sub-FM's tensors.
+  (cached), add LoRA to FM and sub-FM; the first payload is the sub-FM's tensors. The config's
+  method (:mod:`fedpft_algo.methods`) decides what the proxy is: the sub-FM, FedOT's emulator, the FM.
 * ``on_before_aggregation``: split uploads into LoRA/head, activation counts, client scalars.
 * ``aggregate``: sample-count-weighted average (pure, :func:`weighted_average`).
 * ``on_after_aggregation``: plug the average into the FM (and the sub-FM), evaluate both on the
@@ -38,7 +39,7 @@ from ..core.gradient_error import GradientProbe, probe_batch
 from ..core.lora import add_lora, is_trainable_name, plug_in_, trainable_state
 from .payload import METRICS_PREFIX, control, load_payload_, nbytes, split_prefixed
 from ..core.privacy import epsilon
-from ..methods.cache import prepare_sub_model
+from ..methods import get_method
 from ..rundir.layout import RunDir
 from ..rundir.records import RunLog
 from ..settings import RunSettings, reseed_
@@ -57,6 +58,7 @@ class FedPFTAggregator(ServerAggregator):
         self.run_dir = run_dir          # None: no final weights, no checkpoints (a library call)
         self.run_config = run_config    # the run's yaml sections, recorded in every checkpoint
         self.config = settings.fedpft
+        self.method = get_method(self.config.method)
         self.public_batches = public_batches
         self.eval_batches = eval_batches
         self.test_data = test_data
@@ -77,12 +79,12 @@ class FedPFTAggregator(ServerAggregator):
         """Build and layer-align the sub-FM; make the first payload. Runs once, before round 0."""
         start = time.perf_counter()
         self.runlog.event("pre_round", 0)
-        sub_model, _, report, cached = prepare_sub_model(
-            self.model, self.config, self.public_batches, self.eval_batches,
-            cache_dir=self.settings.cache_dir, cache_extra=self.cache_extra, device=self.device)
-        self.layer_report = report
+        proxy = self.method.build_proxy(self.model, self.config, self.public_batches, self.eval_batches,
+                                        cache_dir=self.settings.cache_dir, cache_extra=self.cache_extra,
+                                        device=self.device)
+        report = self.layer_report = proxy.report
         torch.manual_seed(self.settings.seed)
-        self.sub_model = self._client_lora(sub_model).to(self.device)
+        self.sub_model = self.method.add_client_lora(proxy.model, self.config).to(self.device)
         self.model = add_lora(self.model, self.config).to(self.device)
         self._plug_into_full_model(trainable_state(self.sub_model))  # same LoRA init and head on both
         self._prepare_metrics = self._gradient_error("init")
@@ -94,7 +96,7 @@ class FedPFTAggregator(ServerAggregator):
         self.prepare_seconds = time.perf_counter() - start
         self.start_clock()
         logger.info("pre-round hook: sub-FM ready in %.1fs (%s)", self.prepare_seconds,
-                    "cached" if cached else f"aligned: {report.mean_before:.4f} -> {report.mean_after:.4f}"
+                    "cached" if proxy.from_cache else f"aligned: {report.mean_before:.4f} -> {report.mean_after:.4f}"
                     if report else "no layer-level alignment")
 
     # ------------------------------------------------------------------ FedML contract
@@ -262,34 +264,16 @@ class FedPFTAggregator(ServerAggregator):
         self.runlog.event("resume", self.round_idx, path=str(path))
         logger.info("resumed from %s after %d round(s)", path, self.round_idx)
 
-    # ------------------------------------------------------------------ FedOT and the gradient error
-    def _client_lora(self, proxy: torch.nn.Module):
-        if self.config.method == "fedot":  # LoRA on the emulator's adapter layers only
-            from ..methods.fedot import add_emulator_lora
-
-            return add_emulator_lora(proxy, self.config)
-        return add_lora(proxy, self.config)
-
+    # ------------------------------------------------------------------ the method's plug-in and the gradient error
     def _plug_into_full_model(self, state) -> None:
-        if self.config.method == "fedot":  # emulator layer i is FM layer layer_map[i]
-            from ..methods.fedot import emulator_layer_map, plug_in_mapped_
-
-            plug_in_mapped_(self.model, state, emulator_layer_map(self.sub_model.config))
-        else:
-            plug_in_(self.model, state)
+        self.method.plug_in_(self.model, state, self.sub_model)
 
     def _gradient_error(self, tag: str) -> dict:
         """Gradient error of the proxy against the FM (same LoRA + head) on a fixed test slice."""
-        if not self.config.uses_sub_model:
+        if not self.method.uses_proxy:
             return {}  # FedPETuning: the clients' model is the FM
         if getattr(self, "_grad_probe", None) is None:
-            rename = None
-            if self.config.method == "fedot":
-                from ..core.arch import arch_of
-                from ..methods.fedot import emulator_layer_map, full_model_names
-
-                layer_map, layers = emulator_layer_map(self.sub_model.config), arch_of(self.model).layers
-                rename = lambda state: full_model_names(state, layer_map, layers)  # noqa: E731
+            rename = lambda state: self.method.full_model_names(state, self.sub_model, self.model)  # noqa: E731
             self._grad_probe = GradientProbe(probe_batch(self.test_data), self.device, rename)
         return self._grad_probe.measure(self.model, self.sub_model, tag)
 

@@ -24,18 +24,16 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
 
 from ..compat import load_fedml
 from ..errors import ConfigError
+from ..methods import FEDML_BASELINES as BASELINES  # bench method name -> FedML's federated_optimizer
 
 logger = logging.getLogger("fedpft_algo.runtime.baselines")
-
-# bench method name -> FedML's federated_optimizer
-BASELINES: Dict[str, str] = {"fedavg": "FedAvg", "fedprox": "FedProx", "fedopt": "FedOpt", "fednova": "FedNova"}
 
 # Keys FedML 0.9.6's sp simulators read for these optimisers (missing ones are AttributeErrors deep
 # inside FedML). Defaults: FedML's example values; FedOpt's server step 1.0 with SGD is FedAvg.

@@ -61,19 +61,13 @@ def build_server(args, settings, task, model_config, device, runlog, run_dir=Non
 
 def build_client(args, settings, task, model_config, device, runlog):
     from ..core.arch import num_layers
-    from ..core.compression import build_sub_model_skeleton
-    from ..core.lora import add_lora
+    from ..methods import get_method
     from ..models import model_class_for
     from .trainer import FedPFTTrainer
 
     config = settings.fedpft
-    if config.method == "fedot":  # Offsite-Tuning's emulator, LoRA on its adapter layers only
-        from ..methods.fedot import build_client_emulator
-
-        model = build_client_emulator(model_config, config, model_class=model_class_for(model_config))
-    else:
-        skeleton = build_sub_model_skeleton(model_config, config, model_class=model_class_for(model_config))
-        model = add_lora(skeleton, config)
+    # what the method's clients hold (sub-FM, FedOT's emulator, the FM), from config.json alone, with LoRA + head
+    model = get_method(config.method).client_model(model_config, config, model_class=model_class_for(model_config))
     return FedPFTTrainer(model, args, settings, compressed_layers=config.compressed_layers(num_layers(model_config)),
                          runlog=runlog), model
 
