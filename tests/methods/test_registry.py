@@ -14,6 +14,8 @@ from fedpft_algo.config import METHODS, FedPFTConfig
 from fedpft_algo.errors import ConfigError
 from fedpft_algo.methods import FEDML_BASELINES, Method, get_method, known_methods, register_method
 from fedpft_algo.methods.fedpft import FedPETuning, FedPFT
+from fedpft_algo.rundir.layout import RunDir
+from fedpft_algo.rundir.records import RunLog
 
 
 @pytest.fixture
@@ -153,12 +155,11 @@ def test_a_method_registered_here_runs_a_round_through_fedml_in_process(registry
     path, run_dir = tmp_path / "config.yaml", tmp_path / "run"
     path.write_text(yaml.safe_dump(_sp_config(minilm_2layer, tmp_path / "cache", tmp_path / "logs")))
     run_dir.mkdir()
-    monkeypatch.setenv("FEDPFT_RUN_DIR", str(run_dir))
     monkeypatch.setattr(sys, "argv", ["participant", "--cf", str(path)])
     args = load_fedml().init(check_env=False)
 
     # Execute: what `python -m fedpft_algo.participant` runs, in this process (FedML's single-process path)
-    participant.run(args)
+    participant.run(args, RunDir(run_dir), RunLog(RunDir(run_dir), *participant.role_of(args)))
 
     # Assert: one round's metrics; the FM got the method's aggregate: LoRA trained, the head as initialised
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
