@@ -5,8 +5,10 @@ server builds (and caches) that proxy, which alignments run, how client LoRA is 
 aggregate maps back into the FM. The runtime and the bench ask ``get_method(config.method)``;
 nothing outside this package tests a method's name. Built in: ``fedpft`` and its ablations
 ``fedpft_n``, ``fedpft_b``, ``fedpft_d``, ``fedpetuning`` (:mod:`.fedpft`), ``fedot`` (:mod:`.fedot`);
-:func:`register_method` adds one (in this process: a run started by ``fedpft run`` is another process,
-so register there, e.g. in a script that runs ``python -m fedpft_algo.participant``'s ``main``).
+:func:`register_method` adds one to this process only. The processes ``fedpft run`` and ``fedpft bench``
+start know the built-ins alone; to run a method of your own, register it in a script that then calls
+:func:`fedpft_algo.runtime.participant.main` and run that script with FedML's arguments
+(``python my_run.py --cf config.yaml``: one process with ``backend: sp``, or under ``mpirun``).
 
 FedML's own baselines (:data:`FEDML_BASELINES`) are not methods of this kind: they run FedML's
 trainer unchanged (:mod:`fedpft_algo.runtime.baselines`); the bench lists both.
