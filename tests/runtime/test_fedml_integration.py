@@ -6,7 +6,6 @@ recorded: the order of FedML's hook calls on both sides, every tensor a client r
 payload audit), what clients uploaded, and the per-round metrics.
 """
 import json
-import os
 import subprocess
 import sys
 import time
@@ -17,8 +16,9 @@ import torch
 
 from fedpft_algo.rundir import checkpoint
 from fedpft_algo.launch import launcher
+from tests.helpers import pythonpath
 
-TESTS_DIR = Path(__file__).resolve().parent
+TESTS_DIR = Path(__file__).resolve().parents[1]
 CONFIG_DIR = TESTS_DIR.parent / "fedml_config"
 FFN_IN = "intermediate.dense.weight"
 FFN_OUT = "output.dense.weight"
@@ -123,7 +123,7 @@ def test_cross_silo_mpi_calls_fedpft_hooks_every_round(minilm_2layer, tmp_path):
 
 @pytest.mark.parametrize("config", ["simulation_mpi.yaml", "cross_silo_grpc.yaml"])
 def test_failing_client_stops_the_run_without_leftovers(minilm_2layer, tmp_path, monkeypatch, config):
-    monkeypatch.setenv("PYTHONPATH", str(TESTS_DIR) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    monkeypatch.setenv("PYTHONPATH", pythonpath())
     monkeypatch.setattr(launcher, "PARTICIPANT_MODULE", "failing_participant")
     overrides = small_run_overrides(minilm_2layer, tmp_path / "c")
     plan = launcher.plan_run(CONFIG_DIR / config, overrides)

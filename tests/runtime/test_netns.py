@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from fedpft_algo.launch import launcher
-from test_fedml_integration import CONFIG_DIR, small_run_overrides
+from tests.runtime.test_fedml_integration import CONFIG_DIR, small_run_overrides
 
 pytestmark = pytest.mark.timeout(420)
 SERVER_IP, CLIENT_IP = "10.231.7.1", "10.231.7.2"

@@ -1,5 +1,5 @@
 """The local launcher: config resolution and validation (unit), GRPC address files, ports, results files,
-and real multi-process runs of every topology (sp, mpirun, GRPC) with ``tests/fake_participant.py``.
+and real multi-process runs of every topology (sp, mpirun, GRPC) with ``tests/helpers/fake_participant.py``.
 
 The fake speaks the participant contract in ~0.1 s per round, so process tests take seconds; each
 checks with ``/proc`` that no process of the run is left.
@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fake_participant import live_processes, started_pids
 from fedpft_algo.launch import launcher, results
 from fedpft_algo.errors import ConfigError
+from tests.helpers import pythonpath
+from tests.helpers.fake_participant import live_processes, started_pids
 
-TESTS_DIR = Path(__file__).resolve().parent
+TESTS_DIR = Path(__file__).resolve().parents[1]
 CONFIG_DIR = TESTS_DIR.parent / "fedml_config"
 SHIPPED = ("simulation_sp", "simulation_mpi", "cross_silo_mpi", "cross_silo_grpc")
 
@@ -25,8 +26,8 @@ pytestmark = pytest.mark.timeout(90)
 
 @pytest.fixture
 def fake(monkeypatch):
-    """Participants are ``tests/fake_participant.py``; FAKE_* switches cleared."""
-    monkeypatch.setenv("PYTHONPATH", str(TESTS_DIR))
+    """Participants are ``tests/helpers/fake_participant.py``; FAKE_* switches cleared."""
+    monkeypatch.setenv("PYTHONPATH", pythonpath())
     for name in ("FAKE_FAIL", "FAKE_HANG", "FAKE_IGNORE_TERM", "FAKE_EXIT_EARLY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(launcher, "PARTICIPANT_MODULE", "fake_participant")

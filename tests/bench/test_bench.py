@@ -289,7 +289,7 @@ def test_tasks_option_selects_vision_cells_too(tmp_path):
     assert {c.task for c in plan_cells(spec, tasks=["fashion_mnist"])[0]} == {"fashion_mnist"}
 
 
-SHIPPED = Path(__file__).resolve().parent.parent / "fedml_config"
+SHIPPED = Path(__file__).resolve().parents[2] / "fedml_config"
 
 
 @pytest.mark.parametrize("name, cells", [("bench", 72), ("bench_study", 7), ("bench_budget", 14), ("bench_lr", 48)])

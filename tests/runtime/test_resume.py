@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from fedpft_algo.rundir import checkpoint
 from fedpft_algo.launch import launcher
-from test_fedml_integration import CONFIG_DIR, fedpft_run, small_run_overrides
+from tests.runtime.test_fedml_integration import CONFIG_DIR, fedpft_run, small_run_overrides
 
 pytestmark = pytest.mark.timeout(600)
 
