@@ -230,6 +230,7 @@ def test_run_refuses_a_non_empty_out_dir(fake, tmp_path, capsys):
 
 
 # ====================================================================== runs
+@pytest.mark.process
 def test_run_prints_rounds_and_writes_results(fake, tmp_path, capsys):
     code, out, err = run_cli(capsys, "--cf", config_with(tmp_path), "--set", "comm_round=3")
     assert code == 0, err
@@ -244,6 +245,7 @@ def test_run_prints_rounds_and_writes_results(fake, tmp_path, capsys):
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["train_args"]["comm_round"] == 3
 
 
+@pytest.mark.process
 def test_run_failure_exits_1_naming_the_participant(fake, tmp_path, capsys):
     fake.setenv("FAKE_FAIL", "1:2")
     out_dir = tmp_path / "out"
@@ -259,6 +261,7 @@ def test_run_failure_exits_1_naming_the_participant(fake, tmp_path, capsys):
 
 
 # ====================================================================== the real command in a subprocess
+@pytest.mark.process
 def test_console_script_reports_input_errors_on_one_line(tmp_path):
     result = subprocess.run([str(VENV_BIN / "fedpft"), "run", "--cf", "nope.yaml"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=120)
@@ -267,6 +270,7 @@ def test_console_script_reports_input_errors_on_one_line(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.process
 def test_ctrl_c_stops_every_participant_and_exits_1(tmp_path):
     code = ("import sys; import fedpft_algo.launch.launcher as l; l.PARTICIPANT_MODULE = 'fake_participant'; "
             "from fedpft_algo.cli import main; sys.exit(main())")

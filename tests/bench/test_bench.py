@@ -161,6 +161,7 @@ def test_ablation_order_compares_text_cells_only():
     assert row["met"] and row["measured"] == "fedpft 80.0 fedpft_b 78.0 fedpft_d 77.0 fedpft_n 75.0"
 
 
+@pytest.mark.process
 def test_tiny_bench_end_to_end_writes_results_and_resumes(minilm_2layer, tmp_path, monkeypatch):
     # Prepare: 4 cells (FedPFT_N and FedPFT_B, IID and Dirichlet), 2 side by side sharing one cache;
     # 2-layer MiniLM; FedML's baselines: test_baselines.py

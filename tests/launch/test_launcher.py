@@ -255,6 +255,7 @@ def plan_for(topology: str, tmp_path: Path, *extra: str) -> launcher.RunPlan:
     return launcher.plan_run(CONFIG_DIR / f"{name}.yaml", ["comm_round=3", *overrides, *extra], cwd=tmp_path)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("topology", TOPOLOGIES)
 def test_launch_runs_every_round_and_leaves_no_process(topology, fake, tmp_path):
     run_dir = tmp_path / "run"
@@ -267,6 +268,7 @@ def test_launch_runs_every_round_and_leaves_no_process(topology, fake, tmp_path)
     assert live_processes(started_pids(run_dir)) == []
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("topology", TOPOLOGIES)
 def test_launch_crashing_participant_fails_fast_naming_it_and_its_round(topology, fake, tmp_path):
     rank = TOPOLOGIES[topology][2]
@@ -282,6 +284,7 @@ def test_launch_crashing_participant_fails_fast_naming_it_and_its_round(topology
     assert live_processes(started_pids(run_dir)) == []
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("topology", ["simulation_mpi", "grpc"])
 @pytest.mark.parametrize("rank", [0, 1])
 def test_launch_killed_participant_is_named_and_the_run_stopped(topology, rank, fake, tmp_path):
@@ -297,6 +300,7 @@ def test_launch_killed_participant_is_named_and_the_run_stopped(topology, rank, 
     assert live_processes(started_pids(run_dir)) == []
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("topology", TOPOLOGIES)
 def test_launch_hanging_participant_is_stopped_by_the_round_timeout(topology, fake, tmp_path):
     fake.setenv("FAKE_HANG", f"{TOPOLOGIES[topology][2]}:1")
@@ -309,6 +313,7 @@ def test_launch_hanging_participant_is_stopped_by_the_round_timeout(topology, fa
     assert live_processes(started_pids(run_dir)) == []
 
 
+@pytest.mark.process
 def test_launch_total_timeout_stops_the_run(fake, tmp_path):
     fake.setenv("FAKE_HANG", "0:0")
     with pytest.raises(launcher.RunFailed, match=r"timeout: the run took longer than --timeout 1.5 s"):
@@ -316,6 +321,7 @@ def test_launch_total_timeout_stops_the_run(fake, tmp_path):
     assert live_processes(started_pids(tmp_path / "run")) == []
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("topology", ["simulation_mpi", "grpc"])
 def test_launch_kills_participants_that_ignore_sigterm(topology, fake, tmp_path):
     fake.setenv("FAKE_IGNORE_TERM", "1")
@@ -329,6 +335,7 @@ def test_launch_kills_participants_that_ignore_sigterm(topology, fake, tmp_path)
     assert live_processes(started_pids(run_dir)) == []
 
 
+@pytest.mark.process
 def test_launch_grpc_server_that_dies_before_listening_is_reported(fake, tmp_path):
     fake.setenv("FAKE_EXIT_EARLY", "0")
     run_dir = tmp_path / "run"

@@ -23,7 +23,7 @@ CONFIG_DIR = TESTS_DIR.parent / "fedml_config"
 FFN_IN = "intermediate.dense.weight"
 FFN_OUT = "output.dense.weight"
 
-pytestmark = pytest.mark.timeout(420)
+pytestmark = [pytest.mark.process, pytest.mark.timeout(420)]
 
 
 def small_run_overrides(model_dir: Path, cache: Path) -> list:

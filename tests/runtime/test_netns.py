@@ -21,7 +21,7 @@ import yaml
 from fedpft_algo.launch import launcher
 from tests.runtime.test_fedml_integration import CONFIG_DIR, small_run_overrides
 
-pytestmark = pytest.mark.timeout(420)
+pytestmark = [pytest.mark.netns, pytest.mark.process, pytest.mark.timeout(420)]
 SERVER_IP, CLIENT_IP = "10.231.7.1", "10.231.7.2"
 
 
