@@ -1,10 +1,11 @@
 # FedPFT for FedML: the two commands a newcomer needs, plus helpers.
 #   make run    set up .venv (if needed) and run the main job (MPI simulation, MiniLM-L6, Rotten Tomatoes)
 #   make test   set up .venv (if needed) and run the whole test suite
+#   make test-fast  the same without the multi-process tests (markers `process`, `netns`): about a minute
 #   make bench  set up .venv with the optional text corpora and run the benchmark suite (resumable)
 PY := .venv/bin/python
 
-.PHONY: setup run test bench compress clean
+.PHONY: setup run test test-fast bench compress clean
 setup:
 	bash scripts/setup_env.sh
 
@@ -13,6 +14,9 @@ run: setup
 
 test: setup
 	bash scripts/run_tests.sh $(ARGS)
+
+test-fast: setup
+	bash scripts/run_tests.sh fast $(ARGS)
 
 bench:
 	bash scripts/setup_env.sh data

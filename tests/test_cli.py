@@ -1,7 +1,7 @@
 """``fedpft run``: every bad input exits 2 with one line on stderr and leaves no run directory;
 a run prints one line per round and writes its results; a failed or interrupted run exits 1.
 
-Runs use ``tests/fake_participant.py`` (see test_launcher.py); two tests start the real console
+Runs use ``tests/helpers/fake_participant.py`` (see launch/test_launcher.py); two tests start the real console
 script / CLI in a subprocess (each pays the ~9 s ``import torch`` of ``fedpft_algo``).
 """
 import json
@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fake_participant import live_processes, started_pids
 from fedpft_algo import cli
 from fedpft_algo.config import read_config
 from fedpft_algo.launch import processes
 from fedpft_algo.rundir.layout import RunDir
+from tests.helpers import pythonpath
+from tests.helpers.fake_participant import live_processes, started_pids
 
 TESTS_DIR = Path(__file__).resolve().parent
 CONFIG_DIR = TESTS_DIR.parent / "fedml_config"
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.timeout(90)
 
 @pytest.fixture
 def fake(monkeypatch, tmp_path):
-    monkeypatch.setenv("PYTHONPATH", str(TESTS_DIR))
+    monkeypatch.setenv("PYTHONPATH", pythonpath())
     for name in ("FAKE_FAIL", "FAKE_HANG", "FAKE_IGNORE_TERM", "FAKE_EXIT_EARLY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(processes, "PARTICIPANT_MODULE", "fake_participant")
@@ -231,6 +232,7 @@ def test_run_refuses_a_non_empty_out_dir(fake, tmp_path, capsys):
 
 
 # ====================================================================== runs
+@pytest.mark.process
 def test_run_prints_rounds_and_writes_results(fake, tmp_path, capsys):
     code, out, err = run_cli(capsys, "--cf", config_with(tmp_path), "--set", "comm_round=3")
     assert code == 0, err
@@ -245,6 +247,7 @@ def test_run_prints_rounds_and_writes_results(fake, tmp_path, capsys):
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["train_args"]["comm_round"] == 3
 
 
+@pytest.mark.process
 def test_run_failure_exits_1_naming_the_participant(fake, tmp_path, capsys):
     fake.setenv("FAKE_FAIL", "1:2")
     out_dir = tmp_path / "out"
@@ -260,6 +263,7 @@ def test_run_failure_exits_1_naming_the_participant(fake, tmp_path, capsys):
 
 
 # ====================================================================== the real command in a subprocess
+@pytest.mark.process
 def test_console_script_reports_input_errors_on_one_line(tmp_path):
     result = subprocess.run([str(VENV_BIN / "fedpft"), "run", "--cf", "nope.yaml"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=120)
@@ -268,10 +272,11 @@ def test_console_script_reports_input_errors_on_one_line(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.process
 def test_ctrl_c_stops_every_participant_and_exits_1(tmp_path):
     code = ("import sys; import fedpft_algo.launch.processes as p; p.PARTICIPANT_MODULE = 'fake_participant'; "
             "from fedpft_algo.cli import main; sys.exit(main())")
-    env = dict(os.environ, PYTHONPATH=str(TESTS_DIR), FAKE_HANG="1:1")
+    env = dict(os.environ, PYTHONPATH=pythonpath(), FAKE_HANG="1:1")
     out_dir = tmp_path / "out"
     # a shell that started the tests in the background ignores SIGINT, and a child inherits that: give the
     # CLI the default SIGINT disposition, as a terminal would (Python then turns it into KeyboardInterrupt)

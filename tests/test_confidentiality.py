@@ -3,6 +3,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
+pytestmark = pytest.mark.process  # each test runs a client in a process of its own
+
 
 def test_client_guard_blocks_opening_fm_weights_but_not_config(tmp_path):
     model_dir = tmp_path / "fm"

@@ -134,8 +134,3 @@ def num_layers(model_config) -> int:
 
 def ffn_size(model_config) -> int:
     return int(getattr(model_config, get_arch(model_config.model_type).ffn_size_attr))
-
-
-def lora_target_modules(model_type: str) -> list:
-    """Module-name suffixes for peft's ``target_modules``: attention Q, K, V, O of every layer."""
-    return list(get_arch(model_type).attention)

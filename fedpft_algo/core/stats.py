@@ -83,13 +83,6 @@ class ActivationStatistics:
         return out
 
 
-def split_statistics(tensors: Mapping[str, torch.Tensor]):
-    """Separate an upload into (LoRA/head tensors, statistic counts)."""
-    params = OrderedDict((k, v) for k, v in tensors.items() if not k.startswith(STATS_PREFIX))
-    counts = OrderedDict((k, v) for k, v in tensors.items() if k.startswith(STATS_PREFIX))
-    return params, counts
-
-
 def activity_scores(counts: Mapping[str, torch.Tensor], statistic: str) -> Dict[int, torch.Tensor]:
     """Per-layer neuron activity from pooled counts; higher means more active on client data."""
     layers = sorted({int(k[len(STATS_PREFIX):].split(".")[0]) for k in counts})

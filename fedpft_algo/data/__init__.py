@@ -4,6 +4,9 @@
 * :func:`load_public` — unlabelled server data for distillation, disjoint from the task.
 * :func:`partition` — IID (``homo``) or Dirichlet label-skewed (``hetero``) client splits.
 * :func:`build_fedml_dataset` — FedML's 8-item list of dict-batch DataLoaders.
+
+Imports: errors, compat (partition.py's FedML helper), and data itself. Never core, models, runtime,
+launch or bench: data knows nothing of the FM beyond the tokenizer or model configuration it is handed.
 """
 from .loaders import (FedMLDataset, ImageCollator, ImageSpec, TextCollator, build_fedml_dataset, encode_inputs,
                       encode_text, image_spec, make_collator, make_loader, preprocess_images)

@@ -7,7 +7,9 @@
 * :mod:`.processes`: starting and stopping process sessions;
 * :mod:`.results`: progress lines and ``metrics.csv`` / ``metrics.json`` / ``accuracy.png``.
 
-Nothing here imports the FedML runtime (the participants are started by module name) or torch.
+Imports: config, errors, files, rundir, and launch itself; data, models and core.arch only inside
+functions (the pre-flight loads). Never runtime (participants are started by module name), and no torch,
+transformers, peft or fedml at import time, so that the command line answers at once.
 """
 from .plan import RunPlan, parse_override, plan_config, plan_resume, plan_run, set_key
 from .preflight import preflight

@@ -22,9 +22,9 @@ from fedpft_algo import launch as launcher
 from fedpft_algo.launch import processes
 from fedpft_algo.launch.addresses import Address, write_address_file
 from fedpft_algo.rundir.layout import RunDir
-from test_fedml_integration import CONFIG_DIR, small_run_overrides
+from tests.runtime.test_fedml_integration import CONFIG_DIR, small_run_overrides
 
-pytestmark = pytest.mark.timeout(420)
+pytestmark = [pytest.mark.netns, pytest.mark.process, pytest.mark.timeout(420)]
 SERVER_IP, CLIENT_IP = "10.231.7.1", "10.231.7.2"
 
 

@@ -161,6 +161,7 @@ def test_ablation_order_compares_text_cells_only():
     assert row["met"] and row["measured"] == "fedpft 80.0 fedpft_b 78.0 fedpft_d 77.0 fedpft_n 75.0"
 
 
+@pytest.mark.process
 def test_tiny_bench_end_to_end_writes_results_and_resumes(minilm_2layer, tmp_path, monkeypatch):
     # Prepare: 4 cells (FedPFT_N and FedPFT_B, IID and Dirichlet), 2 side by side sharing one cache;
     # 2-layer MiniLM; FedML's baselines: test_baselines.py
@@ -289,7 +290,7 @@ def test_tasks_option_selects_vision_cells_too(tmp_path):
     assert {c.task for c in plan_cells(spec, tasks=["fashion_mnist"])[0]} == {"fashion_mnist"}
 
 
-SHIPPED = Path(__file__).resolve().parent.parent / "fedml_config"
+SHIPPED = Path(__file__).resolve().parents[2] / "fedml_config"
 
 
 @pytest.mark.parametrize("name, cells", [("bench", 72), ("bench_study", 7), ("bench_budget", 14), ("bench_lr", 48)])

@@ -67,6 +67,7 @@ def test_fedml_defaults_fill_missing_keys_and_reject_unknown_baselines():
     assert set(BASELINES) >= {"fedavg", "fedprox"}
 
 
+@pytest.mark.process
 def test_fedml_sp_fedavg_round_trains_the_full_model_and_reports_accuracy(minilm_2layer, tmp_path,
                                                                           monkeypatch):
     # Prepare: FedML's own single-process FedAvg, 2 clients, 1 round, tiny data

@@ -6,7 +6,6 @@ recorded: the order of FedML's hook calls on both sides, every tensor a client r
 payload audit), what clients uploaded, and the per-round metrics.
 """
 import json
-import os
 import subprocess
 import sys
 import time
@@ -20,13 +19,14 @@ from fedpft_algo import launch as launcher
 from fedpft_algo.launch import processes
 from fedpft_algo.rundir.layout import RunDir
 from fedpft_algo.rundir.records import read_statuses
+from tests.helpers import pythonpath
 
-TESTS_DIR = Path(__file__).resolve().parent
+TESTS_DIR = Path(__file__).resolve().parents[1]
 CONFIG_DIR = TESTS_DIR.parent / "fedml_config"
 FFN_IN = "intermediate.dense.weight"
 FFN_OUT = "output.dense.weight"
 
-pytestmark = pytest.mark.timeout(420)
+pytestmark = [pytest.mark.process, pytest.mark.timeout(420)]
 
 
 def small_run_overrides(model_dir: Path, cache: Path) -> list:
@@ -126,7 +126,7 @@ def test_cross_silo_mpi_calls_fedpft_hooks_every_round(minilm_2layer, tmp_path):
 
 @pytest.mark.parametrize("config", ["simulation_mpi.yaml", "cross_silo_grpc.yaml"])
 def test_failing_client_stops_the_run_without_leftovers(minilm_2layer, tmp_path, monkeypatch, config):
-    monkeypatch.setenv("PYTHONPATH", str(TESTS_DIR) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    monkeypatch.setenv("PYTHONPATH", pythonpath())
     monkeypatch.setattr(processes, "PARTICIPANT_MODULE", "failing_participant")
     overrides = small_run_overrides(minilm_2layer, tmp_path / "c")
     plan = launcher.plan_run(CONFIG_DIR / config, overrides)

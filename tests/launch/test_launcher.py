@@ -1,5 +1,5 @@
 """The local launcher: config resolution and validation (unit), GRPC address files, ports, results files,
-and real multi-process runs of every topology (sp, mpirun, GRPC) with ``tests/fake_participant.py``.
+and real multi-process runs of every topology (sp, mpirun, GRPC) with ``tests/helpers/fake_participant.py``.
 
 The fake speaks the participant contract in ~0.1 s per round, so process tests take seconds; each
 checks with ``/proc`` that no process of the run is left.
@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fake_participant import live_processes, started_pids
 from fedpft_algo import launch as launcher
 from fedpft_algo.config import flatten
 from fedpft_algo.errors import ConfigError
@@ -22,8 +21,10 @@ from fedpft_algo.launch.addresses import (Address, check_ports_free, free_loopba
 from fedpft_algo.launch.plan import apply_overrides, for_participants
 from fedpft_algo.rundir.layout import RunDir
 from fedpft_algo.rundir.records import MetricsTail, read_statuses
+from tests.helpers import pythonpath
+from tests.helpers.fake_participant import live_processes, started_pids
 
-TESTS_DIR = Path(__file__).resolve().parent
+TESTS_DIR = Path(__file__).resolve().parents[1]
 CONFIG_DIR = TESTS_DIR.parent / "fedml_config"
 SHIPPED = ("simulation_sp", "simulation_mpi", "cross_silo_mpi", "cross_silo_grpc")
 
@@ -32,8 +33,8 @@ pytestmark = pytest.mark.timeout(90)
 
 @pytest.fixture
 def fake(monkeypatch):
-    """Participants are ``tests/fake_participant.py``; FAKE_* switches cleared."""
-    monkeypatch.setenv("PYTHONPATH", str(TESTS_DIR))
+    """Participants are ``tests/helpers/fake_participant.py``; FAKE_* switches cleared."""
+    monkeypatch.setenv("PYTHONPATH", pythonpath())
     for name in ("FAKE_FAIL", "FAKE_HANG", "FAKE_IGNORE_TERM", "FAKE_EXIT_EARLY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(processes, "PARTICIPANT_MODULE", "fake_participant")
@@ -264,6 +265,7 @@ def plan_for(topology: str, tmp_path: Path, *extra: str) -> launcher.RunPlan:
     return launcher.plan_run(CONFIG_DIR / f"{name}.yaml", ["comm_round=3", *overrides, *extra], cwd=tmp_path)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("topology", TOPOLOGIES)
 def test_launch_runs_every_round_and_leaves_no_process(topology, fake, tmp_path):
     run_dir = tmp_path / "run"
@@ -277,6 +279,7 @@ def test_launch_runs_every_round_and_leaves_no_process(topology, fake, tmp_path)
     assert live_processes(started_pids(run_dir)) == []
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("topology", TOPOLOGIES)
 def test_launch_crashing_participant_fails_fast_naming_it_and_its_round(topology, fake, tmp_path):
     rank = TOPOLOGIES[topology][2]
@@ -292,6 +295,7 @@ def test_launch_crashing_participant_fails_fast_naming_it_and_its_round(topology
     assert live_processes(started_pids(run_dir)) == []
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("topology", ["simulation_mpi", "grpc"])
 @pytest.mark.parametrize("rank", [0, 1])
 def test_launch_killed_participant_is_named_and_the_run_stopped(topology, rank, fake, tmp_path):
@@ -307,6 +311,7 @@ def test_launch_killed_participant_is_named_and_the_run_stopped(topology, rank, 
     assert live_processes(started_pids(run_dir)) == []
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("topology", TOPOLOGIES)
 def test_launch_hanging_participant_is_stopped_by_the_round_timeout(topology, fake, tmp_path):
     fake.setenv("FAKE_HANG", f"{TOPOLOGIES[topology][2]}:1")
@@ -319,6 +324,7 @@ def test_launch_hanging_participant_is_stopped_by_the_round_timeout(topology, fa
     assert live_processes(started_pids(run_dir)) == []
 
 
+@pytest.mark.process
 def test_launch_fails_a_run_without_the_files_its_caller_expects(fake, tmp_path):
     with pytest.raises(launcher.RunFailed, match=r"every participant exited 0 but the run directory has no "
                                                  r"final/adapter\.bin$"):
@@ -327,6 +333,7 @@ def test_launch_fails_a_run_without_the_files_its_caller_expects(fake, tmp_path)
     assert live_processes(started_pids(tmp_path / "run")) == []
 
 
+@pytest.mark.process
 def test_launch_total_timeout_stops_the_run(fake, tmp_path):
     fake.setenv("FAKE_HANG", "0:0")
     with pytest.raises(launcher.RunFailed, match=r"timeout: the run took longer than --timeout 1.5 s"):
@@ -334,6 +341,7 @@ def test_launch_total_timeout_stops_the_run(fake, tmp_path):
     assert live_processes(started_pids(tmp_path / "run")) == []
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("topology", ["simulation_mpi", "grpc"])
 def test_launch_kills_participants_that_ignore_sigterm(topology, fake, tmp_path):
     fake.setenv("FAKE_IGNORE_TERM", "1")
@@ -347,6 +355,7 @@ def test_launch_kills_participants_that_ignore_sigterm(topology, fake, tmp_path)
     assert live_processes(started_pids(run_dir)) == []
 
 
+@pytest.mark.process
 def test_launch_grpc_server_that_dies_before_listening_is_reported(fake, tmp_path):
     fake.setenv("FAKE_EXIT_EARLY", "0")
     run_dir = tmp_path / "run"

@@ -179,7 +179,7 @@ def test_plug_in_works_on_a_deep_copy_independently(make_tiny_model):
 @pytest.mark.parametrize("model_type", ["bert", "mpnet", "vit"])
 def test_gradient_checkpointing_gives_the_same_lora_gradients(make_tiny_model, model_type):
     # Prepare: two copies of one LoRA-wrapped sub-FM in train mode (dropout on), one checkpointed
-    from conftest import build_tiny_inputs
+    from tests.conftest import build_tiny_inputs
     from fedpft_algo.core.lora import enable_gradient_checkpointing
 
     config = FedPFTConfig(lora_dropout=0.1)

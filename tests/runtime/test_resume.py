@@ -13,9 +13,9 @@ from safetensors.torch import load_file
 from fedpft_algo.rundir import checkpoint
 from fedpft_algo.launch.processes import session_pids
 from fedpft_algo.rundir.layout import RunDir
-from test_fedml_integration import CONFIG_DIR, fedpft_run, small_run_overrides
+from tests.runtime.test_fedml_integration import CONFIG_DIR, fedpft_run, small_run_overrides
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.process, pytest.mark.timeout(600)]
 
 # what a round computes; times and process ids legitimately differ
 COMPARED = ("round", "accuracy", "sub_accuracy", "loss", "macro_f1", "train_loss", "upload_bytes", "download_bytes",

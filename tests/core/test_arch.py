@@ -11,7 +11,6 @@ from fedpft_algo.core.arch import (
     get_arch,
     known_model_types,
     layer_linear,
-    lora_target_modules,
     num_layers,
     register_arch,
     set_layer_module,
@@ -121,13 +120,6 @@ def test_set_layer_module_replaces_nested_module(make_tiny_model):
     set_layer_module(layer, "intermediate.dense", replacement)
 
     assert layer.get_submodule("intermediate.dense") is replacement
-
-
-def test_lora_target_modules_are_attention_projections():
-    assert lora_target_modules("bert") == ["attention.self.query", "attention.self.key", "attention.self.value",
-                                           "attention.output.dense"]
-    assert lora_target_modules("llama") == ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                            "self_attn.o_proj"]
 
 
 def test_gated_mlp_spec_names_gate_separately():

@@ -4,6 +4,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.process
+
 
 def _probe(model_dir, kind):
     command = [sys.executable, "-m", "fedpft_algo.bench.client_cost", "--model", str(model_dir), "--kind", kind,

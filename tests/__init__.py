@@ -1,0 +1,1 @@
+"""FedPFT's test suite; folders mirror ``fedpft_algo/`` (see README's "Tests")."""
