@@ -23,7 +23,7 @@ from .rundir.layout import RunDir
 def load_tuned_model(run_dir, device="cpu") -> Tuple[torch.nn.Module, object, List[str]]:
     """``(model, tokenizer or image config, label names)`` for a finished run directory."""
     from .core.lora import add_lora, plug_in_
-    from .models import load_full_model, load_model_config, load_tokenizer
+    from .models import load_encoder, load_full_model, load_model_config
 
     run_dir = RunDir(Path(run_dir))
     weights = run_dir.final_weights
@@ -39,7 +39,7 @@ def load_tuned_model(run_dir, device="cpu") -> Tuple[torch.nn.Module, object, Li
     model = add_lora(load_full_model(model_name, int(head_bias.shape[0])), config)
     plug_in_(model, state)
     model_config = load_model_config(model_name, int(head_bias.shape[0]))
-    encoder = model_config if model_config.model_type == "vit" else load_tokenizer(model_name)
+    encoder = load_encoder(model_name, model_config)
     return model.to(device).eval(), encoder, label_names
 
 

@@ -27,6 +27,7 @@ import zipfile
 from pathlib import Path
 from typing import Optional
 
+from .core.arch import model_class_for  # noqa: F401  (re-exported: the FM's transformers auto class)
 from .errors import ModelError
 
 logger = logging.getLogger(__name__)
@@ -216,13 +217,6 @@ def load_model_config(name: str, num_labels: int, cache_dir: Optional[Path] = No
         raise ModelError(f"cannot load model config {name!r}: {str(exc).splitlines()[0]}") from None
 
 
-def model_class_for(model_config):
-    """Image models get an image-classification head, everything else sequence classification."""
-    from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
-
-    return AutoModelForImageClassification if model_config.model_type == "vit" else AutoModelForSequenceClassification
-
-
 def load_full_model(name: str, num_labels: int, cache_dir: Optional[Path] = None):
     """The FM with a freshly initialised task head. Server side only."""
     from .core.arch import get_arch, known_model_types
@@ -248,6 +242,16 @@ def load_tokenizer(name: str, cache_dir: Optional[Path] = None):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(resolve_model_dir(name, cache_dir, verify=False))
+
+
+def load_encoder(name: str, model_config, cache_dir: Optional[Path] = None):
+    """What turns raw inputs into model inputs: the image model's config (pixel size, channels) for image
+    models, the tokenizer (vocabulary files only, no weights) for everything else."""
+    from .core.arch import known_model_types, get_arch
+
+    if model_config.model_type in known_model_types() and get_arch(model_config.model_type).modality == "image":
+        return model_config
+    return load_tokenizer(name, cache_dir)
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")

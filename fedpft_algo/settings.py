@@ -116,12 +116,3 @@ class RunSettings:
         digest = hashlib.sha256(f"{self.seed}:{round_idx}:{who}".encode()).digest()
         return int.from_bytes(digest[:8], "little") % 2**63
 
-
-def reseed_(seed: int, loader: Any = None) -> None:
-    """Seed torch's global RNG and, if it shuffles with a generator of its own, ``loader``'s order."""
-    import torch
-
-    torch.manual_seed(seed)
-    generator = getattr(loader, "generator", None)
-    if generator is not None:
-        generator.manual_seed(seed)

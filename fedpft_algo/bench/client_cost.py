@@ -134,14 +134,14 @@ def probe(model: str, kind: str, task: str, *, examples: int = 64, batch_size: i
     from ..config import FedPFTConfig
     from ..data.loaders import encode_inputs, make_collator, make_loader
     from ..data.tasks import load_task
-    from ..models import load_model_config, load_tokenizer
+    from ..models import load_encoder, load_model_config
 
     if kind not in KINDS:
         raise ValueError(f"kind {kind!r}: expected one of {', '.join(KINDS)}")
     config = FedPFTConfig.from_dict(config_values or {})
     data = load_task(task, max_train=examples, max_test=1, seed=seed)
     model_config = load_model_config(model, data.num_labels, verify=False)  # a client reads no FM weights
-    encoder = model_config if data.modality == "image" else load_tokenizer(model)
+    encoder = load_encoder(model, model_config)
     features = encode_inputs(encoder, data.train_inputs, max_length)
     loader = make_loader(features, data.train_labels, collator=make_collator(encoder), batch_size=batch_size,
                          shuffle=True, seed=seed)

@@ -24,7 +24,7 @@ def compress_report(model: str = "minilm-l6", *, dataset: str = "rotten_tomatoes
     from ..data.loaders import encode_inputs, make_collator, make_loader
     from ..data.public import default_public_name, load_public
     from ..data.tasks import load_task
-    from ..models import load_full_model, load_model_config, load_tokenizer
+    from ..models import load_encoder, load_full_model, load_model_config
 
     config = config or FedPFTConfig()
     start = time.perf_counter()
@@ -32,7 +32,7 @@ def compress_report(model: str = "minilm-l6", *, dataset: str = "rotten_tomatoes
     task = load_task(dataset, max_train=200, max_test=50, seed=seed)
     model_config = load_model_config(model, task.num_labels, cache_dir)
     full_model = load_full_model(model, task.num_labels, cache_dir)
-    encoder = model_config if task.modality == "image" else load_tokenizer(model, cache_dir)
+    encoder = load_encoder(model, model_config, cache_dir)
     public = load_public(config.public_dataset, task=task, max_examples=config.public_size, seed=seed)
     features = encode_inputs(encoder, public, config.max_length, str(cache_dir / "features") if cache_dir else None)
     collator = make_collator(encoder)

@@ -30,6 +30,7 @@ class ArchSpec:
     ffn_gate: Optional[str] = None     # gated MLPs: second d -> d_ff projection
     ffn_size_attr: str = "intermediate_size"
     num_layers_attr: str = "num_hidden_layers"
+    modality: str = "text"             # "image": pixel inputs and an image-classification head
 
 
 _REGISTRY: Dict[str, ArchSpec] = {}
@@ -83,13 +84,13 @@ def _vit_spec() -> ArchSpec:
     if hasattr(modeling_vit, "ViTMLP"):
         return ArchSpec(
             layers="layers", attention=("attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.o_proj"),
-            ffn_in="mlp.fc1", ffn_out="mlp.fc2", ffn_norm="layernorm_after", head=("classifier",))
+            ffn_in="mlp.fc1", ffn_out="mlp.fc2", ffn_norm="layernorm_after", head=("classifier",), modality="image")
     return ArchSpec(
         layers="encoder.layer",
         attention=("attention.attention.query", "attention.attention.key", "attention.attention.value",
                    "attention.output.dense"),
         ffn_in="intermediate.dense", ffn_out="output.dense", ffn_norm="layernorm_after",
-        head=("classifier",))
+        head=("classifier",), modality="image")
 
 
 register_arch("vit", _vit_spec())
@@ -126,6 +127,15 @@ def set_layer_module(layer: nn.Module, path: str, module: nn.Module) -> None:
     parent_path, _, child = path.rpartition(".")
     parent = layer.get_submodule(parent_path) if parent_path else layer
     setattr(parent, child, module)
+
+
+def model_class_for(model_config):
+    """The ``transformers`` auto class with the task head: image classification for image models, sequence
+    classification for everything else (an architecture the registry does not know included)."""
+    from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
+
+    spec = _REGISTRY.get(model_config.model_type)
+    return AutoModelForImageClassification if spec and spec.modality == "image" else AutoModelForSequenceClassification
 
 
 def num_layers(model_config) -> int:

@@ -133,7 +133,7 @@ def build_sub_model_skeleton(model_config, config: Optional[FedPFTConfig] = None
     The widths come from ``model_config.fedpft_ffn_widths`` when present (a saved sub-FM),
     otherwise from ``config`` (the FedPFT settings the server used).
     """
-    from ..models import model_class_for
+    from .arch import model_class_for
 
     model_class = model_class or model_class_for(model_config)
     widths = getattr(model_config, WIDTHS_ATTR, None)

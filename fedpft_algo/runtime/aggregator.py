@@ -42,7 +42,8 @@ from ..core.privacy import epsilon
 from ..methods import get_method
 from ..rundir.layout import RunDir
 from ..rundir.records import RunLog
-from ..settings import RunSettings, reseed_
+from ..settings import RunSettings
+from .seeding import reseed_
 from ..core.stats import STATS_PREFIX, activity_scores, select_updated_neurons
 
 ServerAggregator = load_fedml().core.ServerAggregator

@@ -130,7 +130,7 @@ def run(args, run_dir, runlog) -> None:
     from ..data.loaders import build_fedml_dataset
     from ..data.tasks import load_task
     from ..core.evaluate import evaluate
-    from ..models import load_full_model, load_tokenizer
+    from ..models import load_encoder, load_full_model
     from ..settings import RunSettings
 
     if not (args.training_type == "simulation" and args.backend == "sp"):
@@ -144,7 +144,7 @@ def run(args, run_dir, runlog) -> None:
     image = task.modality == "image"
     torch.manual_seed(settings.seed)  # the task head's initialisation, as the FedPFT server does
     hf_model = load_full_model(settings.model, task.num_labels, settings.cache_dir)
-    encoder = hf_model.config if image else load_tokenizer(settings.model, settings.cache_dir)
+    encoder = load_encoder(settings.model, hf_model.config, settings.cache_dir)
     data = build_fedml_dataset(task, encoder=encoder, client_num=settings.client_num_in_total,
                                method=settings.partition_method, alpha=settings.partition_alpha,
                                batch_size=settings.batch_size, seed=settings.seed,

@@ -28,9 +28,9 @@ logger = logging.getLogger("fedpft_algo.participant")
 
 
 def _encoder(settings, model_config, task):
-    from ..models import load_tokenizer
+    from ..models import load_encoder
 
-    return model_config if task.modality == "image" else load_tokenizer(settings.model, settings.cache_dir)
+    return load_encoder(settings.model, model_config, settings.cache_dir)
 
 
 def build_server(args, settings, task, model_config, device, runlog, run_dir=None, run_config=None):

@@ -20,7 +20,8 @@ from ..compat import load_fedml
 from ..core.lora import enable_gradient_checkpointing, trainable_state
 from ..core.privacy import clip_and_noise
 from .payload import CONTROL_PREFIX, METRICS_PREFIX, load_payload_, split_prefixed
-from ..settings import RunSettings, reseed_
+from ..settings import RunSettings
+from .seeding import reseed_
 from ..core.stats import ActivationStatistics
 
 ClientTrainer = load_fedml().core.ClientTrainer

@@ -19,7 +19,7 @@ from fedpft_algo.core.stats import STATS_PREFIX
 from fedpft_algo.models import model_class_for
 from fedpft_algo.runtime.aggregator import FedPFTAggregator
 from fedpft_algo.runtime.payload import CONTROL_PREFIX, METRICS_PREFIX, nbytes, split_prefixed
-from fedpft_algo.runtime.settings import RunSettings
+from fedpft_algo.settings import RunSettings
 from fedpft_algo.runtime.trainer import FedPFTTrainer
 from tests.conftest import build_tiny_inputs, build_tiny_model
 
