@@ -224,7 +224,9 @@ def _no_fashion(monkeypatch, tmp_path):
 
 
 def _no_orange(monkeypatch, tmp_path):
-    monkeypatch.setattr(tasks_module, "find_spec", lambda name: None)
+    import fedpft_algo.data.base as base
+
+    monkeypatch.setattr(base, "find_spec", lambda name: None)
 
 
 def _no_datasets(monkeypatch, tmp_path):
