@@ -36,10 +36,10 @@ def _batches(model, seeds, labels=True):
 def _settings(tmp_path) -> RunSettings:
     config = FedPFTConfig(retained_layers=(0, -1), lora_r=4, lora_alpha=8, lora_dropout=0.0, layer_align_steps=2,
                           align_interval=1, neuron_align_steps=2, neuron_align_lr=1e-2, checkpoint_interval=0)
-    return RunSettings(fedpft=config, model="tiny-bert", dataset="tiny", text_columns=None, label_column=None,
-                       max_train_examples=None, max_test_examples=None, partition_method="homo", partition_alpha=0.5,
-                       client_num_in_total=2, client_num_per_round=2, comm_round=ROUNDS, epochs=1, batch_size=2,
-                       learning_rate=1e-2, weight_decay=0.0, seed=0, run_dir=None, cache_dir=tmp_path / "cache")
+    return RunSettings(fedpft=config, model="tiny-bert", dataset="tiny", max_train_examples=None,
+                       max_test_examples=None, partition_method="homo", partition_alpha=0.5, client_num_in_total=2,
+                       client_num_per_round=2, comm_round=ROUNDS, epochs=1, batch_size=2, learning_rate=1e-2,
+                       weight_decay=0.0, seed=0, cache_dir=tmp_path / "cache")
 
 
 @pytest.fixture(scope="module")
