@@ -39,6 +39,7 @@ from ..core.lora import add_lora, is_trainable_name, plug_in_, trainable_state
 from .payload import METRICS_PREFIX, control, load_payload_, nbytes, split_prefixed
 from ..core.privacy import epsilon
 from ..methods.cache import prepare_sub_model
+from ..rundir.hf_export import save_adapter
 from ..rundir.records import RunLog
 from .settings import RunSettings, reseed_
 from ..core.stats import STATS_PREFIX, activity_scores, select_updated_neurons
@@ -224,6 +225,7 @@ class FedPFTAggregator(ServerAggregator):
             return None
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in trainable_state(self.model).items()}, str(path))
+        save_adapter(self.model, path.parent / "adapter")  # the same as a PEFT adapter folder (hf_export)
         return path
 
     # ------------------------------------------------------------------ checkpoint and resume
