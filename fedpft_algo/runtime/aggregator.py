@@ -42,6 +42,7 @@ from ..methods.cache import prepare_sub_model
 from ..rundir.hf_export import save_adapter
 from ..rundir.records import RunLog
 from .settings import RunSettings, reseed_
+from .tracking import RunTracker
 from ..core.stats import STATS_PREFIX, activity_scores, select_updated_neurons
 
 ServerAggregator = load_fedml().core.ServerAggregator
@@ -69,6 +70,7 @@ class FedPFTAggregator(ServerAggregator):
         self.history: List[dict] = []
         self.layer_report = None
         self._pending = {}
+        self.tracker = RunTracker.from_args(args, settings)  # wandb / TensorBoard (tracking.py)
 
     # ------------------------------------------------------------------ pre-round hook
     def prepare(self) -> None:
@@ -204,6 +206,7 @@ class FedPFTAggregator(ServerAggregator):
         self._last_round_end = now
         self.history.append(row)
         self.runlog.metrics(row)
+        self.tracker.log_round(self.history)
         logger.info("round %d: FM acc %.4f, sub-FM acc %.4f, upload %d B/client", round_idx, row["accuracy"],
                     row["sub_accuracy"], row["upload_bytes"])
 
