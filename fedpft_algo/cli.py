@@ -169,6 +169,21 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------------- fedpft export
+def _add_export_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", help="a finished fedpft run directory (text model)")
+    parser.add_argument("--merged", metavar="OUT", required=True,
+                        help="write the FM with the LoRA merged in, its tokenizer and label names to the new "
+                             "folder OUT (loads with AutoModelForSequenceClassification and pipeline)")
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_merged
+
+    print(export_merged(args.run_dir, args.merged))
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------------- the table of subcommands
 # name -> (help, add_arguments, command).
 COMMANDS: Dict[str, Tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
@@ -179,6 +194,8 @@ COMMANDS: Dict[str, Tuple[str, Callable[[argparse.ArgumentParser], None], Callab
               bench.add_arguments, bench.run),
     "pretrain-vit": (vision.HELP, vision.add_arguments, vision.run),
     "predict": ("classify texts with the FM + the LoRA/head of a finished run", _add_predict_args, _cmd_predict),
+    "export": ("write a finished run's tuned FM as a standalone Hugging Face model folder (LoRA merged)",
+               _add_export_args, _cmd_export),
 }
 
 

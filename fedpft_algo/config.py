@@ -95,6 +95,9 @@ class FedPFTConfig:
     # --- server checkpoint (for ``fedpft run --resume``) every k rounds and after the last; 0 = never
     checkpoint_interval: int = 1
 
+    # --- TensorBoard event files of the per-round metrics under <run dir>/tensorboard/ (server)
+    tensorboard: bool = False
+
     def __post_init__(self) -> None:
         _check_types(self)
         _check_choice("method", self.method, method_names())

@@ -7,6 +7,32 @@ cd "$(dirname "$0")/.."
 VENV=${FEDPFT_VENV:-.venv}
 PY=${PYTHON:-python3}
 stamp="$VENV/.fedpft-installed"
+
+# Fashion-MNIST (the vision task and its tests) comes from Debian's dataset-fashion-mnist. Checked on
+# every call (one file test), outside the stamp: it is a system package, not part of .venv. Where apt
+# cannot be used the set-up goes on, and says so in one line.
+FASHION_MNIST=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+fashion_mnist() {
+  [ -f "$FASHION_MNIST" ] && return 0
+  local why
+  if ! command -v apt-get >/dev/null 2>&1; then
+    why="apt-get is not available here"
+  elif [ "$(id -u)" -ne 0 ]; then
+    why="apt-get needs root: run sudo apt-get install -y dataset-fashion-mnist"
+  else
+    echo "setup_env.sh: installing Fashion-MNIST: apt-get install -y dataset-fashion-mnist" >&2
+    if ! apt-cache show dataset-fashion-mnist >/dev/null 2>&1; then
+      DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null || true
+    fi
+    if DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null \
+        && [ -f "$FASHION_MNIST" ]; then
+      return 0
+    fi
+    why="apt-get install -y dataset-fashion-mnist failed"
+  fi
+  echo "setup_env.sh: Fashion-MNIST not installed ($why); its tests will be skipped and the fashion_mnist task is unavailable" >&2
+}
+fashion_mnist
 want="$(cat setup.py constraints.txt scripts/setup_env.sh | sha256sum | cut -c1-16) $*"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "fedpft_algo"
-TOP = {"", "cli", "inference", "participant"}  # the package and its entry points may import anything
+TOP = {"", "cli", "inference", "export", "participant"}  # the package and its entry points may import anything
 HEAVY = {"torch", "transformers", "peft", "fedml", "safetensors"}
 # layer -> the fedpft_algo layers (or single modules) it may import; its own layer is always allowed
 MAY = {"errors": set(), "files": set(), "compat": set(), "config": {"errors"}, "settings": {"config", "errors"},

@@ -14,6 +14,7 @@ meet there::
     metrics.csv, metrics.json, accuracy.png    written by the launcher after a successful run
     partition.json, partition.txt              the client split (label counts per client)
     final/trainable.safetensors   the tuned LoRA + head for the FM
+    final/adapter/                the same as a PEFT adapter folder (adapter_config.json + adapter_model.safetensors)
     checkpoint/                   server checkpoints (see :mod:`fedpft_algo.rundir.checkpoint`)
     home/                         the participants' HOME (FedML writes ~/.fedml and ./tmp/fedml)
 
@@ -46,6 +47,7 @@ class RunDir:
     PARTITION_JSON = "partition.json"
     PARTITION_TXT = "partition.txt"
     FINAL_WEIGHTS = "final/trainable.safetensors"
+    FINAL_ADAPTER = "final/adapter"   # the same LoRA + head as a PEFT adapter folder
     CHECKPOINTS = "checkpoint"
     STATUS = "status"
     EVENTS = "events"
@@ -109,6 +111,10 @@ class RunDir:
     @property
     def final_weights(self) -> Path:
         return self.root / self.FINAL_WEIGHTS
+
+    @property
+    def final_adapter(self) -> Path:
+        return self.root / self.FINAL_ADAPTER
 
     # ------------------------------------------------------------------ folders, and the files in them
     @property

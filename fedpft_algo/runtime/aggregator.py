@@ -40,10 +40,12 @@ from ..core.lora import add_lora, is_trainable_name, plug_in_, trainable_state
 from .payload import METRICS_PREFIX, control, load_payload_, nbytes, split_prefixed
 from ..core.privacy import epsilon
 from ..methods import get_method
+from ..rundir.hf_export import save_adapter
 from ..rundir.layout import RunDir
 from ..rundir.records import RunLog
 from ..settings import RunSettings
 from .seeding import reseed_
+from .tracking import RunTracker
 from ..core.stats import STATS_PREFIX, activity_scores, select_updated_neurons
 
 ServerAggregator = load_fedml().core.ServerAggregator
@@ -74,6 +76,7 @@ class FedPFTAggregator(ServerAggregator):
         self.history: List[dict] = []
         self.layer_report = None
         self._pending = {}
+        self.tracker = RunTracker.from_args(args, settings)  # wandb / TensorBoard (tracking.py)
 
     # ------------------------------------------------------------------ pre-round hook
     def prepare(self) -> None:
@@ -209,6 +212,7 @@ class FedPFTAggregator(ServerAggregator):
         self._last_round_end = now
         self.history.append(row)
         self.runlog.metrics(row)
+        self.tracker.log_round(self.history)
         logger.info("round %d: FM acc %.4f, sub-FM acc %.4f, upload %d B/client", round_idx, row["accuracy"],
                     row["sub_accuracy"], row["upload_bytes"])
 
@@ -229,6 +233,7 @@ class FedPFTAggregator(ServerAggregator):
             return None
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in trainable_state(self.model).items()}, str(path))
+        save_adapter(self.model, path.parent / Path(RunDir.FINAL_ADAPTER).name)  # the same, as a PEFT adapter folder
         return path
 
     # ------------------------------------------------------------------ checkpoint and resume

@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from ..compat import load_fedml
+from .last_round import install_last_round_finish
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ def install_mpi_simulation_hooks(round_offset: int = 0) -> None:
     from fedml.simulation.mpi.fedavg import FedAvgAPI
     from fedml.simulation.mpi.fedavg.FedAVGAggregator import FedAVGAggregator
 
+    install_last_round_finish(FedAvgAPI)  # clients end a run whose only (or last remaining) round is round 0
     if getattr(FedAvgAPI.FedAVGAggregator, "_fedpft_hooked", False):
         FedAvgAPI.FedAVGAggregator.round_offset = round_offset
         return
