@@ -15,7 +15,7 @@ from fedpft_algo.core.lora import add_lora, plug_in_, trainable_state
 from fedpft_algo.inference import load_tuned_model, predict
 from fedpft_algo.rundir.hf_export import save_adapter
 from fedpft_algo.rundir.layout import RunDir
-from test_fedml_integration import fedpft_run, small_run_overrides
+from tests.runtime.test_fedml_integration import fedpft_run, small_run_overrides
 
 TEXTS = ["a gripping, beautifully acted film", "a tedious mess", "the plot was dull and far too long",
          "warm, funny and moving"]
@@ -48,6 +48,7 @@ def _fedpft_predict(run_dir, capsys) -> list:
     return [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()]
 
 
+@pytest.mark.process  # the finished run comes from a real `fedpft run`
 def test_adapter_folder_loads_with_peft_like_fedpft_predict(finished_run, tuned, minilm_2layer, capsys):
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -65,6 +66,7 @@ def test_adapter_folder_loads_with_peft_like_fedpft_predict(finished_run, tuned,
     assert _fedpft_predict(finished_run, capsys) == predicted
 
 
+@pytest.mark.process  # the finished run comes from a real `fedpft run`
 def test_export_merged_is_a_standalone_model_for_automodel_and_pipeline(finished_run, tuned, tmp_path, capsys):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
@@ -84,6 +86,7 @@ def test_export_merged_is_a_standalone_model_for_automodel_and_pipeline(finished
     assert [r["score"] for r in results] == pytest.approx(expected, abs=1e-4)
 
 
+@pytest.mark.process  # the finished run comes from a real `fedpft run`
 def test_export_refuses_an_existing_folder_and_a_missing_run(finished_run, tmp_path, capsys):
     taken = tmp_path / "taken"
     taken.mkdir()

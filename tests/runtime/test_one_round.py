@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from fedpft_algo.launch import launcher
-from test_fedml_integration import fedpft_run, read_events, small_run_overrides
+from fedpft_algo.rundir.records import read_statuses
+from tests.runtime.test_fedml_integration import fedpft_run, read_events, small_run_overrides
 
-pytestmark = pytest.mark.timeout(420)
+pytestmark = [pytest.mark.process, pytest.mark.timeout(420)]
 
 
 @pytest.mark.parametrize("config", ["simulation_mpi.yaml", "cross_silo_mpi.yaml", "cross_silo_grpc.yaml",
@@ -31,7 +31,7 @@ def test_one_round_run_ends_cleanly(minilm_2layer, tmp_path, config):
     assert metrics[0]["align"] is False  # never after the last round
     assert (run_dir / "final" / "trainable.safetensors").stat().st_size > 0
 
-    statuses = launcher.read_statuses(run_dir)
+    statuses = read_statuses(run_dir)
     expected = {"server_0"} if config == "simulation_sp.yaml" else {"server_0", "client_1", "client_2"}
     assert set(statuses) == expected
     assert {name: s["phase"] for name, s in statuses.items()} == {name: "done" for name in expected}

@@ -16,7 +16,7 @@ import pytest
 from fedpft_algo.config import FedPFTConfig
 from fedpft_algo.errors import ConfigError
 from fedpft_algo.runtime.tracking import RunTracker, TrackingSettings, scalars
-from test_fedml_integration import CONFIG_DIR, small_run_overrides
+from tests.runtime.test_fedml_integration import CONFIG_DIR, small_run_overrides
 
 pytestmark = pytest.mark.timeout(480)
 
@@ -58,6 +58,7 @@ def _wandb_records(run_dir: Path):
     return runs, history
 
 
+@pytest.mark.process  # a real `fedpft run`
 def test_wandb_offline_run_holds_every_round_and_the_accuracy_plot(tracked_run):
     metrics = json.loads((tracked_run / "metrics.json").read_text())
     runs, history = _wandb_records(tracked_run)
@@ -73,6 +74,7 @@ def test_wandb_offline_run_holds_every_round_and_the_accuracy_plot(tracked_run):
     assert (next(tracked_run.glob("wandb/offline-run-*")) / "files" / plot["path"]).stat().st_size == plot["size"]
 
 
+@pytest.mark.process  # a real `fedpft run`
 def test_tensorboard_event_files_hold_the_accuracy_scalars(tracked_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
