@@ -49,7 +49,8 @@ def _add_run_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .launch import RunFailed, launch, plan_resume, plan_run, preflight, results
+    from .launch import RunFailed, launch, plan_resume, plan_run, preflight
+    from .rundir import results
     from .rundir.layout import RunDir
 
     for name in ("timeout", "round_timeout"):

@@ -111,7 +111,7 @@ def test_export_merged_refuses_a_vision_run(make_tiny_model, tmp_path, capsys):
     (run_dir / "final").mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in trainable_state(model).items()},
               str(run_dir / "final" / "trainable.safetensors"))
-    (run_dir / "config.yaml").write_text(f"model_args:\n  model: {vit_dir}\nfedpft_args: {{}}\n")
+    (run_dir / "config.yaml").write_text(f"model_args:\n  model: {vit_dir}\n")
     out = tmp_path / "merged"
     assert cli.main(["export", str(run_dir), "--merged", str(out)]) == 2
     err = capsys.readouterr().err

@@ -117,7 +117,7 @@ def _fmt(value, kind: str = "float") -> str:
     if kind == "points":
         return f"{value:+.1f}"
     if kind == "bytes":
-        from ..launch.results import format_bytes
+        from ..rundir.results import format_bytes
 
         return format_bytes(value)
     if kind == "int":

@@ -4,8 +4,9 @@
 * :mod:`.preflight`: the data set and the model loaded once before anything starts;
 * :mod:`.addresses`: GRPC address files and free ports;
 * :mod:`.supervisor`: :func:`launch` runs a plan, with timeouts, and names the participant that failed;
-* :mod:`.processes`: starting and stopping process sessions;
-* :mod:`.results`: progress lines and ``metrics.csv`` / ``metrics.json`` / ``accuracy.png``.
+* :mod:`.processes`: starting and stopping process sessions.
+
+The progress lines and ``metrics.csv`` / ``metrics.json`` / ``accuracy.png`` are :mod:`fedpft_algo.rundir.results`.
 
 Imports: config, errors, files, rundir, and launch itself; data, models and core.arch only inside
 functions (the pre-flight loads). Never runtime (participants are started by module name), and no torch,

@@ -42,7 +42,7 @@ from . import processes
 from .addresses import Address, write_address_file
 from .plan import RunPlan, for_participants
 from .processes import Proc
-from .results import format_round
+from ..rundir.results import format_round
 
 logger = logging.getLogger(__name__)
 

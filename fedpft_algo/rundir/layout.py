@@ -52,6 +52,7 @@ class RunDir:
     STATUS = "status"
     EVENTS = "events"
     LOGS = "logs"
+    TENSORBOARD = "tensorboard"   # fedpft_tensorboard: TensorBoard event files of the per-round metrics
     HOME = "home"
 
     def __post_init__(self) -> None:

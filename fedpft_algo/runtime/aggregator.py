@@ -76,7 +76,7 @@ class FedPFTAggregator(ServerAggregator):
         self.history: List[dict] = []
         self.layer_report = None
         self._pending = {}
-        self.tracker = RunTracker.from_args(args, settings)  # wandb / TensorBoard (tracking.py)
+        self.tracker = RunTracker.from_args(args, settings, run_dir)  # wandb / TensorBoard (tracking.py)
 
     # ------------------------------------------------------------------ pre-round hook
     def prepare(self) -> None:

@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
+from ..rundir.layout import RunDir
+
 logger = logging.getLogger(__name__)
 
-TENSORBOARD_DIR = "tensorboard"
 PLOT_KEY = "accuracy_plot"
 
 
@@ -43,7 +44,7 @@ class TrackingSettings:
     comm_round: int
 
     @classmethod
-    def from_args(cls, args: Any, settings) -> "TrackingSettings":
+    def from_args(cls, args: Any, settings, run_dir: Optional[Path]) -> "TrackingSettings":
         """FedML's ``enable_wandb`` / ``wandb_*`` keys from ``args``; the rest from the run's settings."""
         def get(name):
             value = getattr(args, name, None)
@@ -51,7 +52,7 @@ class TrackingSettings:
 
         return cls(wandb=bool(get("enable_wandb")), wandb_project=get("wandb_project"),
                    wandb_entity=get("wandb_entity"), wandb_name=get("run_name") or get("wandb_name"),
-                   tensorboard=settings.fedpft.tensorboard, run_dir=settings.run_dir,
+                   tensorboard=settings.fedpft.tensorboard, run_dir=None if run_dir is None else Path(run_dir),
                    comm_round=settings.comm_round)
 
 
@@ -66,8 +67,8 @@ class RunTracker:
         self.closed = False
 
     @classmethod
-    def from_args(cls, args: Any, settings) -> "RunTracker":
-        return cls(TrackingSettings.from_args(args, settings))
+    def from_args(cls, args: Any, settings, run_dir: Optional[Path]) -> "RunTracker":
+        return cls(TrackingSettings.from_args(args, settings, run_dir))
 
     @property
     def enabled(self) -> bool:
@@ -103,7 +104,7 @@ class RunTracker:
 
             run = self._wandb()
             with tempfile.TemporaryDirectory() as scratch:
-                from ..launch.results import plot_accuracy
+                from ..rundir.results import plot_accuracy
 
                 png = Path(scratch) / "accuracy.png"
                 if history and plot_accuracy(history, png):
@@ -137,7 +138,7 @@ class RunTracker:
                 return None
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(log_dir=str(self.tracking.run_dir / TENSORBOARD_DIR))
+            self._writer = SummaryWriter(log_dir=str(self.tracking.run_dir / RunDir.TENSORBOARD))
         return self._writer
 
 

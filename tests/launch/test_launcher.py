@@ -15,7 +15,8 @@ import yaml
 from fedpft_algo import launch as launcher
 from fedpft_algo.config import flatten
 from fedpft_algo.errors import ConfigError
-from fedpft_algo.launch import processes, results, supervisor
+from fedpft_algo.launch import processes, supervisor
+from fedpft_algo.rundir import results
 from fedpft_algo.launch.addresses import (Address, check_ports_free, free_loopback_addresses, read_address_file,
                                           write_address_file)
 from fedpft_algo.launch.plan import apply_overrides, for_participants

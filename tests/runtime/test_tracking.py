@@ -108,8 +108,8 @@ def test_tensorboard_alone_writes_every_round_and_no_wandb(tmp_path):
 
 
 def test_tracking_off_is_the_default_and_does_nothing(tmp_path):
-    settings = SimpleNamespace(fedpft=FedPFTConfig(), run_dir=tmp_path, comm_round=1)
-    tracker = RunTracker.from_args(SimpleNamespace(enable_wandb=False), settings)
+    settings = SimpleNamespace(fedpft=FedPFTConfig(), comm_round=1)
+    tracker = RunTracker.from_args(SimpleNamespace(enable_wandb=False), settings, tmp_path)
     assert not tracker.enabled
     tracker.log_round([{"round": 0, "accuracy": 0.5}])
     assert list(tmp_path.iterdir()) == []

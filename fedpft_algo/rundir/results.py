@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from ..rundir.layout import RunDir
+from .layout import RunDir
 
 logger = logging.getLogger(__name__)
 
