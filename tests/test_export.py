@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from fedpft_algo import cli
 from fedpft_algo.config import FedPFTConfig
 from fedpft_algo.core.lora import add_lora, plug_in_, trainable_state
-from fedpft_algo.inference import load_tuned_model, predict
+from fedpft_algo.inference import load_tuned_model
 from fedpft_algo.rundir.hf_export import save_adapter
 from fedpft_algo.rundir.layout import RunDir
 from tests.runtime.test_fedml_integration import fedpft_run, small_run_overrides
