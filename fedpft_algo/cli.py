@@ -15,7 +15,9 @@ a function that adds its arguments. Input mistakes (:class:`FedPFTError`) print
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import logging.handlers
 import shutil
 import sys
 import time
@@ -35,12 +37,15 @@ def _add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cf", metavar="FILE", help="FedML yaml config (see fedml_config/)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint "
                         "(same config and seed: the metrics match an uninterrupted run)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                        help="override a config key by its FedML (flattened) name, value parsed as YAML; "
-                             "SECTION.KEY=VALUE adds a key; repeatable. Relative paths are taken from the "
-                             "current directory (those inside the yaml from the yaml's directory)")
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override config keys by their FedML (flattened) names, values parsed as YAML: "
+                             "--set A=1 B=2, or --set A=1 --set B=2; SECTION.KEY=VALUE adds a key. Relative "
+                             "paths are taken from the current directory (those inside the yaml from the "
+                             "yaml's directory)")
     parser.add_argument("--out", metavar="DIR", help="run directory, new or empty "
                         "(default: runs/<config name>-<YYYYmmdd-HHMMSS>)")
+    parser.add_argument("--check", action="store_true", help="resolve, validate and pre-flight the run (with "
+                        "--resume: its checkpoint), print what would start, and exit; starts and writes nothing")
     parser.add_argument("--timeout", type=float, default=3600.0, metavar="S",
                         help="stop the run after S seconds in total (default: %(default)g)")
     parser.add_argument("--round-timeout", type=float, default=900.0, metavar="S",
@@ -63,25 +68,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("fedpft run needs --cf FILE (a FedML yaml) or --resume RUN_DIR")
     else:
         plan = launcher.plan_run(args.cf, args.overrides)   # every input check happens before the run dir exists
-        launcher.preflight(plan)
+        if args.check:
+            return _check_only(plan, _new_run_dir(args.out, plan.config_file))
+        _preflight(plan)
         run_dir, created = _make_run_dir(args.out, plan.config_file)
+    if args.check:
+        return _check_only(plan, run_dir)
+    _keep_log(run_dir)
     try:
         rounds = launcher.launch(plan, run_dir, timeout=args.timeout, round_timeout=args.round_timeout)
     except launcher.RunFailed as exc:
-        input_error = _input_error(run_dir)
-        if input_error:  # bad data or model found by a participant: an input error, not a failed run
-            if created:
-                shutil.rmtree(run_dir, ignore_errors=True)
-            raise FedPFTError(input_error) from None
-        print(f"fedpft: run failed: {exc}", file=sys.stderr)
-        print(f"fedpft: logs are in {run_dir / 'logs'}", file=sys.stderr)
-        from .rundir.checkpoint import latest
-
-        saved = latest(run_dir)
-        if saved is not None:
-            print(f"fedpft: {saved.rounds_done} round(s) are checkpointed; continue with: fedpft run --resume "
-                  f"{run_dir}", file=sys.stderr)
-        return EXIT_RUN_FAILED
+        return _run_failed(exc, run_dir, created)
     except FedPFTError:
         if created:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -92,6 +89,44 @@ def _cmd_run(args: argparse.Namespace) -> int:
           f"sub-model accuracy {_number(last.get('sub_accuracy'))}; wrote {', '.join(written)} in:")
     print(run_dir)
     return EXIT_OK
+
+
+def _check_only(plan, run_dir: Path) -> int:
+    """``fedpft run --check``: pre-flight ``plan`` and print what would start; nothing starts or is written."""
+    from .launch import limits
+
+    found = _preflight(plan)
+    print(f"fedpft: check passed for {plan.config_file}: nothing was started, no run directory was created")
+    rows = limits.summary_rows(plan, found)
+    rows["run dir"] = f"{run_dir}" + (" (resumed)" if plan.resume_round else " (created when the run starts)")
+    for name, text in rows.items():
+        print(f"  {name:<9} {text}")
+    return EXIT_OK
+
+
+def _preflight(plan):
+    from .launch import launcher
+
+    _library_logs_to_logging()   # pre-flight loads transformers' model config
+    return launcher.preflight(plan)
+
+
+def _run_failed(exc: Exception, run_dir: Path, created: bool) -> int:
+    """A run that started and failed: an input error found by a participant (exit 2), or exit 1."""
+    input_error = _input_error(run_dir)
+    if input_error:  # bad data or model found by a participant: an input error, not a failed run
+        if created:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise FedPFTError(input_error) from None
+    print(f"fedpft: run failed: {exc}", file=sys.stderr)
+    print(f"fedpft: logs are in {run_dir / 'logs'}", file=sys.stderr)
+    from .rundir.checkpoint import latest
+
+    saved = latest(run_dir)
+    if saved is not None:
+        print(f"fedpft: {saved.rounds_done} round(s) are checkpointed; continue with: fedpft run --resume "
+              f"{run_dir}", file=sys.stderr)
+    return EXIT_RUN_FAILED
 
 
 def _number(value) -> str:
@@ -112,18 +147,24 @@ def _input_error(run_dir: Path) -> Optional[str]:
     return None
 
 
-def _make_run_dir(out: Optional[str], config_file: Path) -> Tuple[Path, bool]:
-    """The run directory, created now (after validation); refuses a non-empty existing one."""
+def _new_run_dir(out: Optional[str], config_file: Path) -> Path:
+    """Where the run directory goes (not created); refuses a non-empty existing ``--out``."""
     if out:
         run_dir = Path(out).expanduser().resolve()
         if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
             raise ConfigError(f"--out {out}: the directory exists and is not empty; choose a new one")
-    else:
-        stem = Path("runs") / f"{config_file.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir, n = stem.resolve(), 1
-        while run_dir.exists():
-            n += 1
-            run_dir = Path(f"{stem}-{n}").resolve()
+        return run_dir
+    stem = Path("runs") / f"{config_file.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir, n = stem.resolve(), 1
+    while run_dir.exists():
+        n += 1
+        run_dir = Path(f"{stem}-{n}").resolve()
+    return run_dir
+
+
+def _make_run_dir(out: Optional[str], config_file: Path) -> Tuple[Path, bool]:
+    """The run directory, created now (after validation); ``created`` is False for an existing empty ``--out``."""
+    run_dir = _new_run_dir(out, config_file)
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir, created
@@ -133,8 +174,9 @@ def _make_run_dir(out: Optional[str], config_file: Path) -> Tuple[Path, bool]:
 def _add_compress_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="minilm-l6", help="FM: minilm-l6, mpnet-base, a model dir or hub id")
     parser.add_argument("--dataset", default="rotten_tomatoes", help="task whose default public set is used")
-    parser.add_argument("--set", action="append", default=[], metavar="fedpft_KEY=VALUE", dest="overrides",
-                        help="a FedPFT setting, e.g. fedpft_layer_align_steps=300 (repeatable)")
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="fedpft_KEY=VALUE",
+                        dest="overrides", help="FedPFT settings, e.g. --set fedpft_layer_align_steps=300 "
+                                               "fedpft_ffn_keep_ratio=0.5 (or repeat --set)")
     parser.add_argument("--out", metavar="DIR", help="also write DIR/compress_report.json")
 
 
@@ -160,6 +202,7 @@ def _add_predict_args(parser: argparse.ArgumentParser) -> None:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .inference import load_tuned_model, predict
 
+    _library_logs_to_logging()   # its load report (the head is new) and warnings: -v shows them
     model, tokenizer, label_names = load_tuned_model(args.run_dir)
     for text, label in zip(args.texts, predict(model, tokenizer, args.texts)):
         name = label_names[label] if label < len(label_names) else str(label)
@@ -193,16 +236,77 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    with _console(args.verbose):
+        try:
+            return args.handler(args)
+        except FedPFTError as exc:
+            print(f"fedpft: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except KeyboardInterrupt:   # before anything started (a run stops its processes itself)
+            print("fedpft: interrupted", file=sys.stderr)
+            return EXIT_RUN_FAILED
+
+
+# ---------------------------------------------------------------------- what the console shows
+_PACKAGE = "fedpft_algo"
+_HELD: Optional[logging.handlers.MemoryHandler] = None   # the running command's log messages, see _keep_log
+
+
+class _ToolOnly(logging.Filter):
+    """The console's filter without ``-v``: the tool's own warnings, not its libraries' messages."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name == _PACKAGE or record.name.startswith(_PACKAGE + ".")
+
+
+@contextlib.contextmanager
+def _console(verbose: bool):
+    """Python warnings and library log messages stay off the console unless ``-v``; every message
+    (the tool's INFO lines too) is held and written to ``<run dir>/logs/launcher.log`` once a run
+    directory exists (:func:`_keep_log`). Undone on exit (tests call :func:`main` repeatedly)."""
+    root = logging.getLogger()
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    console.setLevel(logging.INFO if verbose else logging.WARNING)
+    if not verbose:
+        console.addFilter(_ToolOnly())
+    global _HELD
+    held = logging.handlers.MemoryHandler(capacity=1 << 30, flushLevel=logging.DEBUG)   # no target yet: keeps all
+    level, _HELD = root.level, held
+    root.setLevel(logging.INFO)
+    root.addHandler(console)
+    root.addHandler(held)
+    logging.captureWarnings(True)   # before anything imports fedml (its pkg_resources UserWarning)
     try:
-        return args.handler(args)
-    except FedPFTError as exc:
-        print(f"fedpft: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:   # before anything started (a run stops its processes itself)
-        print("fedpft: interrupted", file=sys.stderr)
-        return EXIT_RUN_FAILED
+        yield
+    finally:
+        logging.captureWarnings(False)
+        for handler in (console, held):
+            root.removeHandler(handler)
+            handler.close()
+        if held.target is not None:
+            held.target.close()
+        root.setLevel(level)
+        _HELD = None
+
+
+def _keep_log(run_dir: Path) -> None:
+    """From now on (and what was held so far) the launcher's log messages go to ``<run dir>/logs/launcher.log``."""
+    if _HELD is not None and _HELD.target is None:
+        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        target = logging.FileHandler(run_dir / "logs" / "launcher.log", encoding="utf-8")
+        target.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        _HELD.setTarget(target)
+        _HELD.flush()
+
+
+def _library_logs_to_logging() -> None:
+    """``transformers`` prints through a handler of its own: send its messages through ours instead
+    (called where it is about to be imported anyway)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_default_handler()
+    hf_logging.enable_propagation()
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ import yaml
 
 from ..config import FedPFTConfig
 from ..errors import ConfigError
+from . import limits
 from .results import METRICS_JSONL, MetricsTail, format_round
 
 logger = logging.getLogger(__name__)
@@ -122,16 +123,18 @@ def plan_run(config_file: os.PathLike, overrides: Sequence[str] = (), *, cwd: Op
     return _validate(config, path)
 
 
-def preflight(plan: RunPlan) -> None:
+def preflight(plan: RunPlan) -> "limits.Preflight":
     """Load what the participants will load - the data set, the FM's config (hash-checked), its layer
-    layout, the client split - so that a data or model mistake is a one-line error before any
-    process starts. Raises :class:`~fedpft_algo.errors.FedPFTError`."""
+    layout, the client split, the public set - so that a data or model mistake, or a value they cannot
+    honour (:mod:`~fedpft_algo.launch.limits`), is a one-line error before any process starts.
+    Returns what was loaded. Raises :class:`~fedpft_algo.errors.FedPFTError`."""
     from ..core.arch import get_arch, num_layers
     from ..data.partition import partition
     from ..data.tasks import load_task
     from ..models import load_model_config
     from ..runtime.settings import RunSettings
 
+    limits.check_keys(plan)
     settings = RunSettings.from_args(types.SimpleNamespace(**flatten(plan.config)))
     task = load_task(settings.dataset, text_columns=settings.text_columns, label_column=settings.label_column,
                      max_train=settings.max_train_examples, max_test=settings.max_test_examples, seed=settings.seed)
@@ -140,6 +143,7 @@ def preflight(plan: RunPlan) -> None:
     settings.fedpft.resolve_retained_layers(num_layers(model_config))
     partition(task.train_labels, settings.client_num_in_total, settings.partition_method, settings.partition_alpha,
               settings.seed)
+    return limits.check_loaded(plan, settings, task, model_config)
 
 
 RESUME_CONFIG = "config.resume.yaml"   # what the participants of a resumed run read (config.yaml stays as it was)
