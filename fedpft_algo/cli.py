@@ -3,21 +3,21 @@
 FedML 0.9.6's ``fedml run`` only talks to FedML's hosted platform; ``fedpft run`` is the local
 equivalent::
 
-    fedpft run --cf fedml_config/simulation_mpi.yaml [--set comm_round=3 ...] [--out DIR]
+    fedpft run --cf fedml_config/simulation_mpi.yaml [--set comm_round=3 epochs=2 ...] [--out DIR]
                [--timeout 3600] [--round-timeout 900]
     fedpft run --resume RUN_DIR         # continue a stopped run from its last checkpoint
+    fedpft run --check ...              # resolve, validate and pre-flight; start and write nothing
 
 Each subcommand is one ``_cmd_<name>(args)`` function registered in :data:`COMMANDS` together with
 a function that adds its arguments. Input mistakes (:class:`FedPFTError`) print
 ``fedpft: error: <message>`` and exit 2; a run that starts but fails prints
-``fedpft: run failed: <message>`` and exits 1.
+``fedpft: run failed: <message>`` and exits 1. The console carries only the tool's own lines unless
+``-v`` (see :mod:`fedpft_algo.launch.console`).
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import logging.handlers
 import shutil
 import sys
 import time
@@ -54,7 +54,7 @@ def _add_run_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .launch import launcher, results
+    from .launch import console, launcher, results
 
     for name in ("timeout", "round_timeout"):
         if not getattr(args, name) > 0:
@@ -74,7 +74,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         run_dir, created = _make_run_dir(args.out, plan.config_file)
     if args.check:
         return _check_only(plan, run_dir)
-    _keep_log(run_dir)
+    console.keep_log(run_dir)   # the launcher's messages, and what was held so far, in logs/launcher.log
     try:
         rounds = launcher.launch(plan, run_dir, timeout=args.timeout, round_timeout=args.round_timeout)
     except launcher.RunFailed as exc:
@@ -105,9 +105,9 @@ def _check_only(plan, run_dir: Path) -> int:
 
 
 def _preflight(plan):
-    from .launch import launcher
+    from .launch import console, launcher
 
-    _library_logs_to_logging()   # pre-flight loads transformers' model config
+    console.route_transformers()   # pre-flight loads the model config with transformers
     return launcher.preflight(plan)
 
 
@@ -201,8 +201,9 @@ def _add_predict_args(parser: argparse.ArgumentParser) -> None:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .inference import load_tuned_model, predict
+    from .launch import console
 
-    _library_logs_to_logging()   # its load report (the head is new) and warnings: -v shows them
+    console.route_transformers()   # its load report (the task head is new) and weight bar: -v shows them
     model, tokenizer, label_names = load_tuned_model(args.run_dir)
     for text, label in zip(args.texts, predict(model, tokenizer, args.texts)):
         name = label_names[label] if label < len(label_names) else str(label)
@@ -235,8 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .launch.console import command_console
+
     args = build_parser().parse_args(argv)
-    with _console(args.verbose):
+    with command_console(args.verbose):   # library warnings and messages: in the run's log, on the console with -v
         try:
             return args.handler(args)
         except FedPFTError as exc:
@@ -245,68 +248,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except KeyboardInterrupt:   # before anything started (a run stops its processes itself)
             print("fedpft: interrupted", file=sys.stderr)
             return EXIT_RUN_FAILED
-
-
-# ---------------------------------------------------------------------- what the console shows
-_PACKAGE = "fedpft_algo"
-_HELD: Optional[logging.handlers.MemoryHandler] = None   # the running command's log messages, see _keep_log
-
-
-class _ToolOnly(logging.Filter):
-    """The console's filter without ``-v``: the tool's own warnings, not its libraries' messages."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.name == _PACKAGE or record.name.startswith(_PACKAGE + ".")
-
-
-@contextlib.contextmanager
-def _console(verbose: bool):
-    """Python warnings and library log messages stay off the console unless ``-v``; every message
-    (the tool's INFO lines too) is held and written to ``<run dir>/logs/launcher.log`` once a run
-    directory exists (:func:`_keep_log`). Undone on exit (tests call :func:`main` repeatedly)."""
-    root = logging.getLogger()
-    console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    console.setLevel(logging.INFO if verbose else logging.WARNING)
-    if not verbose:
-        console.addFilter(_ToolOnly())
-    global _HELD
-    held = logging.handlers.MemoryHandler(capacity=1 << 30, flushLevel=logging.DEBUG)   # no target yet: keeps all
-    level, _HELD = root.level, held
-    root.setLevel(logging.INFO)
-    root.addHandler(console)
-    root.addHandler(held)
-    logging.captureWarnings(True)   # before anything imports fedml (its pkg_resources UserWarning)
-    try:
-        yield
-    finally:
-        logging.captureWarnings(False)
-        for handler in (console, held):
-            root.removeHandler(handler)
-            handler.close()
-        if held.target is not None:
-            held.target.close()
-        root.setLevel(level)
-        _HELD = None
-
-
-def _keep_log(run_dir: Path) -> None:
-    """From now on (and what was held so far) the launcher's log messages go to ``<run dir>/logs/launcher.log``."""
-    if _HELD is not None and _HELD.target is None:
-        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-        target = logging.FileHandler(run_dir / "logs" / "launcher.log", encoding="utf-8")
-        target.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        _HELD.setTarget(target)
-        _HELD.flush()
-
-
-def _library_logs_to_logging() -> None:
-    """``transformers`` prints through a handler of its own: send its messages through ours instead
-    (called where it is about to be imported anyway)."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_default_handler()
-    hf_logging.enable_propagation()
 
 
 if __name__ == "__main__":
