@@ -60,6 +60,7 @@ import yaml
 from ..config import FedPFTConfig
 from ..errors import ConfigError
 from . import limits
+from .progress import RunProgress
 from .results import METRICS_JSONL, MetricsTail, format_round
 
 logger = logging.getLogger(__name__)
@@ -484,7 +485,7 @@ def launch(plan: RunPlan, run_dir: os.PathLike, *, timeout: float = 3600.0, roun
     started = time.monotonic()
     deadline = started + timeout
     restore = raise_on_sigterm()
-    bar = _progress_bar(plan.comm_round, progress)
+    bar = RunProgress(run_dir, plan.comm_round, enabled=progress)   # the server's phases, then the rounds
     try:
         _say(f"fedpft: {plan.training_type}/{plan.backend} run with {plan.num_processes} process(es) "
              f"in {run_dir} (logs in {run_dir / 'logs'})", progress)
@@ -526,6 +527,7 @@ def _monitor(plan, procs, run_dir, state, deadline, timeout, round_timeout, bar,
         if stop is not None and stop.is_set():
             raise KeyboardInterrupt
         read_metrics()
+        bar.poll()
         if state.last_progress is None and any(s.get("phase") in ("training", "done")
                                                for s in read_statuses(run_dir).values()):
             state.last_progress = time.monotonic()
@@ -766,12 +768,6 @@ def _signals_ignored():
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def _progress_bar(total: int, progress: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="round", desc="fedpft", disable=None if progress else True, leave=False)
 
 
 def _say(message: str, progress: bool) -> None:

@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 
 from ..rundir import checkpoint
 from ..core.aggregation import sum_tensors, weighted_average
-from ..core.alignment import align_neurons_
+from ..core.alignment import align_neurons_, reporting
 from ..core.arch import num_layers
 from ..compat import load_fedml
 from ..errors import ConfigError
@@ -39,7 +39,7 @@ from ..core.lora import add_lora, is_trainable_name, plug_in_, trainable_state
 from .payload import METRICS_PREFIX, control, load_payload_, nbytes, split_prefixed
 from ..core.privacy import epsilon
 from ..methods.cache import prepare_sub_model
-from ..rundir.records import RunLog
+from ..rundir.records import ROUNDS_PHASE, RunLog
 from .settings import RunSettings, reseed_
 from ..core.stats import STATS_PREFIX, activity_scores, select_updated_neurons
 
@@ -74,9 +74,11 @@ class FedPFTAggregator(ServerAggregator):
         """Build and layer-align the sub-FM; make the first payload. Runs once, before round 0."""
         start = time.perf_counter()
         self.runlog.event("pre_round", 0)
-        sub_model, _, report, cached = prepare_sub_model(
-            self.model, self.config, self.public_batches, self.eval_batches,
-            cache_dir=self.settings.cache_dir, cache_extra=self.cache_extra, device=self.device)
+        self.runlog.progress("building the sub-FM")
+        with reporting(self.runlog.progress):   # its distillation steps, for the launcher's progress display
+            sub_model, _, report, cached = prepare_sub_model(
+                self.model, self.config, self.public_batches, self.eval_batches,
+                cache_dir=self.settings.cache_dir, cache_extra=self.cache_extra, device=self.device)
         self.layer_report = report
         torch.manual_seed(self.settings.seed)
         self.sub_model = self._client_lora(sub_model).to(self.device)
@@ -90,6 +92,7 @@ class FedPFTAggregator(ServerAggregator):
                                                                                    self.settings.comm_round)))
         self.prepare_seconds = time.perf_counter() - start
         self.start_clock()
+        self.runlog.progress(ROUNDS_PHASE)
         logger.info("pre-round hook: sub-FM ready in %.1fs (%s)", self.prepare_seconds,
                     "cached" if cached else f"aligned: {report.mean_before:.4f} -> {report.mean_after:.4f}"
                     if report else "no layer-level alignment")
@@ -175,7 +178,8 @@ class FedPFTAggregator(ServerAggregator):
         updated = select_updated_neurons(scores, self.config.align_update_ratio, self.generator)
         report = align_neurons_(self.model, self.sub_model, updated, self.public_batches, self.eval_batches,
                                 steps=self.config.neuron_align_steps, lr=self.config.neuron_align_lr,
-                                max_grad_norm=self.config.align_max_grad_norm, device=self.device)
+                                max_grad_norm=self.config.align_max_grad_norm, device=self.device,
+                                progress=self.runlog.progress)
         self.runlog.event("neuron_alignment", self.round_idx, changed=len(report.changed),
                           loss_before=report.mean_before, loss_after=report.mean_after)
         return report.changed, report.seconds

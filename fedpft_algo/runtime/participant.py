@@ -105,6 +105,8 @@ def run(args) -> None:
     runlog = RunLog(os.environ.get("FEDPFT_RUN_DIR"), role, int(getattr(args, "rank", 0)))
     run.runlog = runlog
     runlog.status("started")
+    if role == "server":
+        runlog.progress("loading the data and the FM")
     settings = RunSettings.from_args(args)
     device = fedml.device.get_device(args)
     if role == "client" and not single:
