@@ -63,17 +63,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if args.cf or args.overrides or args.out:
             raise ConfigError("--resume RUN_DIR takes the run's own config: drop --cf, --set and --out")
         plan = launcher.plan_resume(args.resume)
-        run_dir, created = Path(args.resume).expanduser().resolve(), False
+        run_dir = Path(args.resume).expanduser().resolve()
     elif not args.cf:
         raise ConfigError("fedpft run needs --cf FILE (a FedML yaml) or --resume RUN_DIR")
     else:
         plan = launcher.plan_run(args.cf, args.overrides)   # every input check happens before the run dir exists
-        if args.check:
-            return _check_only(plan, _new_run_dir(args.out, plan.config_file))
-        _preflight(plan)
-        run_dir, created = _make_run_dir(args.out, plan.config_file)
+        run_dir = _new_run_dir(args.out, plan.config_file)
     if args.check:
         return _check_only(plan, run_dir)
+    created = False
+    if not args.resume:
+        _preflight(plan)
+        created = not run_dir.exists()
+        run_dir.mkdir(parents=True, exist_ok=True)
     console.keep_log(run_dir)   # the launcher's messages, and what was held so far, in logs/launcher.log
     try:
         rounds = launcher.launch(plan, run_dir, timeout=args.timeout, round_timeout=args.round_timeout)
@@ -96,7 +98,7 @@ def _check_only(plan, run_dir: Path) -> int:
     from .launch import limits
 
     found = _preflight(plan)
-    print(f"fedpft: check passed for {plan.config_file}: nothing was started, no run directory was created")
+    print(f"fedpft: check passed for {plan.config_file}: nothing was started or written")
     rows = limits.summary_rows(plan, found)
     rows["run dir"] = f"{run_dir}" + (" (resumed)" if plan.resume_round else " (created when the run starts)")
     for name, text in rows.items():
@@ -148,7 +150,7 @@ def _input_error(run_dir: Path) -> Optional[str]:
 
 
 def _new_run_dir(out: Optional[str], config_file: Path) -> Path:
-    """Where the run directory goes (not created); refuses a non-empty existing ``--out``."""
+    """Where the run directory goes (created once pre-flight passed); refuses a non-empty existing ``--out``."""
     if out:
         run_dir = Path(out).expanduser().resolve()
         if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
@@ -160,14 +162,6 @@ def _new_run_dir(out: Optional[str], config_file: Path) -> Path:
         n += 1
         run_dir = Path(f"{stem}-{n}").resolve()
     return run_dir
-
-
-def _make_run_dir(out: Optional[str], config_file: Path) -> Tuple[Path, bool]:
-    """The run directory, created now (after validation); ``created`` is False for an existing empty ``--out``."""
-    run_dir = _new_run_dir(out, config_file)
-    created = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir, created
 
 
 # ---------------------------------------------------------------------- fedpft compress

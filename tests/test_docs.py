@@ -224,3 +224,11 @@ def test_predict_prints_only_its_answers(finished_run):
     assert result.stderr == ""
     assert [line.split("\t")[1] for line in result.stdout.splitlines()] == ["a gripping, beautifully acted film",
                                                                            "a tedious mess"]
+
+
+@pytest.mark.parametrize("command", ["run", "compress"])
+def test_set_takes_several_values_and_may_repeat(command):
+    args = cli.build_parser().parse_args([command, "--set", "fedpft_lora_r=4", "fedpft_max_length=32",
+                                          "--set", "fedpft_lora_alpha=16", "--out", "x"])
+    assert args.overrides == ["fedpft_lora_r=4", "fedpft_max_length=32", "fedpft_lora_alpha=16"]
+    assert args.out == "x"

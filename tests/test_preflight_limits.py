@@ -162,7 +162,7 @@ def test_check_prints_what_would_start_and_creates_nothing(isolated, capsys):
                              "fedpft_align_interval=1", "--out", isolated / "try")
     assert code == 0 and err == ""
     lines = out.splitlines()
-    assert lines[0] == f"fedpft: check passed for {CONFIG}: nothing was started, no run directory was created"
+    assert lines[0] == f"fedpft: check passed for {CONFIG}: nothing was started or written"
     rows = {line.split()[0]: line.split(None, 1)[1] for line in lines[1:] if not line.startswith("  run dir")}
     assert rows["topology"] == "simulation/MPI: 3 processes (server + 2 clients)"
     assert rows["model"] == "minilm-l6 (bert, 6 layers, hidden 384, max length 64 of 512)"
