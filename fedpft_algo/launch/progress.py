@@ -51,8 +51,7 @@ class RunProgress:
             if self.tty:
                 from tqdm import tqdm
 
-                self.bar = tqdm(total=steps, desc=f"server: {phase}", unit="step", leave=False, file=self.file,
-                                dynamic_ncols=True)
+                self.bar = tqdm(total=steps, desc=f"server: {phase}", unit="step", leave=False, file=self.file)
             else:
                 print(f"fedpft: server: {phase}" + (f" ({steps} steps)" if steps else ""), file=self.file,
                       flush=True)
@@ -83,8 +82,7 @@ class RunProgress:
         if self.tty:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=self.total_rounds, unit="round", desc="fedpft", leave=False, file=self.file,
-                            dynamic_ncols=True)
+            self.bar = tqdm(total=self.total_rounds, unit="round", desc="fedpft", leave=False, file=self.file)
         elif self.phase is not None:   # the server reported its phases: say that they are over
             print("fedpft: server: sub-FM ready; the rounds start", file=self.file, flush=True)
 
