@@ -3,14 +3,16 @@
 FedML 0.9.6's ``fedml run`` only talks to FedML's hosted platform; ``fedpft run`` is the local
 equivalent::
 
-    fedpft run --cf fedml_config/simulation_mpi.yaml [--set comm_round=3 ...] [--out DIR]
+    fedpft run --cf fedml_config/simulation_mpi.yaml [--set comm_round=3 epochs=2 ...] [--out DIR]
                [--timeout 3600] [--round-timeout 900]
     fedpft run --resume RUN_DIR         # continue a stopped run from its last checkpoint
+    fedpft run --check ...              # resolve, validate and pre-flight; start and write nothing
 
 Each subcommand is one ``_cmd_<name>(args)`` function registered in :data:`COMMANDS` together with
 a function that adds its arguments. Input mistakes (:class:`FedPFTError`) print
 ``fedpft: error: <message>`` and exit 2; a run that starts but fails prints
-``fedpft: run failed: <message>`` and exits 1.
+``fedpft: run failed: <message>`` and exits 1. The console carries only the tool's own lines unless
+``-v`` (see :mod:`fedpft_algo.launch.console`).
 """
 from __future__ import annotations
 
@@ -35,12 +37,15 @@ def _add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cf", metavar="FILE", help="FedML yaml config (see fedml_config/)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint "
                         "(same config and seed: the metrics match an uninterrupted run)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                        help="override a config key by its FedML (flattened) name, value parsed as YAML; "
-                             "SECTION.KEY=VALUE adds a key; repeatable. Relative paths are taken from the "
-                             "current directory (those inside the yaml from the yaml's directory)")
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override config keys by their FedML (flattened) names, values parsed as YAML: "
+                             "--set A=1 B=2, or --set A=1 --set B=2; SECTION.KEY=VALUE adds a key. Relative "
+                             "paths are taken from the current directory (those inside the yaml from the "
+                             "yaml's directory)")
     parser.add_argument("--out", metavar="DIR", help="run directory, new or empty "
                         "(default: runs/<config name>-<YYYYmmdd-HHMMSS>)")
+    parser.add_argument("--check", action="store_true", help="resolve, validate and pre-flight the run (with "
+                        "--resume: its checkpoint), print what would start, and exit; starts and writes nothing")
     parser.add_argument("--timeout", type=float, default=3600.0, metavar="S",
                         help="stop the run after S seconds in total (default: %(default)g)")
     parser.add_argument("--round-timeout", type=float, default=900.0, metavar="S",
@@ -49,7 +54,8 @@ def _add_run_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .launch import RunFailed, launch, plan_resume, plan_run, preflight
+    from . import launch
+    from .launch import console
     from .rundir import results
     from .rundir.layout import RunDir
 
@@ -59,32 +65,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.resume:
         if args.cf or args.overrides or args.out:
             raise ConfigError("--resume RUN_DIR takes the run's own config: drop --cf, --set and --out")
-        plan = plan_resume(args.resume)
-        run_dir, created = Path(args.resume).expanduser().resolve(), False
+        plan = launch.plan_resume(args.resume)
+        run_dir = Path(args.resume).expanduser().resolve()
     elif not args.cf:
         raise ConfigError("fedpft run needs --cf FILE (a FedML yaml) or --resume RUN_DIR")
     else:
-        plan = plan_run(args.cf, args.overrides)   # every input check happens before the run dir exists
-        preflight(plan)
-        run_dir, created = _make_run_dir(args.out, plan.config_file)
+        plan = launch.plan_run(args.cf, args.overrides)   # every input check happens before the run dir exists
+        run_dir = _new_run_dir(args.out, plan.config_file)
+    if args.check:
+        return _check_only(plan, run_dir)
+    created = False
+    if not args.resume:
+        _preflight(plan)
+        created = not run_dir.exists()
+        run_dir.mkdir(parents=True, exist_ok=True)
+    console.keep_log(run_dir)   # the launcher's messages, and what was held so far, in logs/launcher.log
     try:
-        rounds = launch(plan, run_dir, expect=[RunDir.FINAL_WEIGHTS], timeout=args.timeout,
-                        round_timeout=args.round_timeout)
-    except RunFailed as exc:
-        input_error = _input_error(run_dir)
-        if input_error:  # bad data or model found by a participant: an input error, not a failed run
-            if created:
-                shutil.rmtree(run_dir, ignore_errors=True)
-            raise FedPFTError(input_error) from None
-        print(f"fedpft: run failed: {exc}", file=sys.stderr)
-        print(f"fedpft: logs are in {RunDir(run_dir).logs}", file=sys.stderr)
-        from .rundir.checkpoint import latest
-
-        saved = latest(run_dir)
-        if saved is not None:
-            print(f"fedpft: {saved.rounds_done} round(s) are checkpointed; continue with: fedpft run --resume "
-                  f"{run_dir}", file=sys.stderr)
-        return EXIT_RUN_FAILED
+        rounds = launch.launch(plan, run_dir, expect=[RunDir.FINAL_WEIGHTS], timeout=args.timeout,
+                               round_timeout=args.round_timeout)
+    except launch.RunFailed as exc:
+        return _run_failed(exc, run_dir, created)
     except FedPFTError:
         if created:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -95,6 +95,47 @@ def _cmd_run(args: argparse.Namespace) -> int:
           f"sub-model accuracy {_number(last.get('sub_accuracy'))}; wrote {', '.join(written)} in:")
     print(run_dir)
     return EXIT_OK
+
+
+def _check_only(plan, run_dir: Path) -> int:
+    """``fedpft run --check``: pre-flight ``plan`` and print what would start; nothing starts or is written."""
+    from .launch import limits
+
+    found = _preflight(plan)
+    print(f"fedpft: check passed for {plan.config_file}: nothing was started or written")
+    rows = limits.summary_rows(plan, found)
+    rows["run dir"] = f"{run_dir}" + (" (resumed)" if plan.resume_round else " (created when the run starts)")
+    for name, text in rows.items():
+        print(f"  {name:<9} {text}")
+    return EXIT_OK
+
+
+def _preflight(plan):
+    from . import launch
+    from .launch import console
+
+    console.route_transformers()   # pre-flight loads the model config with transformers
+    return launch.preflight(plan)
+
+
+def _run_failed(exc: Exception, run_dir: Path, created: bool) -> int:
+    """A run that started and failed: an input error found by a participant (exit 2), or exit 1."""
+    from .rundir.layout import RunDir
+
+    input_error = _input_error(run_dir)
+    if input_error:  # bad data or model found by a participant: an input error, not a failed run
+        if created:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise FedPFTError(input_error) from None
+    print(f"fedpft: run failed: {exc}", file=sys.stderr)
+    print(f"fedpft: logs are in {RunDir(run_dir).logs}", file=sys.stderr)
+    from .rundir.checkpoint import latest
+
+    saved = latest(run_dir)
+    if saved is not None:
+        print(f"fedpft: {saved.rounds_done} round(s) are checkpointed; continue with: fedpft run --resume "
+              f"{run_dir}", file=sys.stderr)
+    return EXIT_RUN_FAILED
 
 
 def _number(value) -> str:
@@ -115,29 +156,28 @@ def _input_error(run_dir: Path) -> Optional[str]:
     return None
 
 
-def _make_run_dir(out: Optional[str], config_file: Path) -> Tuple[Path, bool]:
-    """The run directory, created now (after validation); refuses a non-empty existing one."""
+def _new_run_dir(out: Optional[str], config_file: Path) -> Path:
+    """Where the run directory goes (created once pre-flight passed); refuses a non-empty existing ``--out``."""
     if out:
         run_dir = Path(out).expanduser().resolve()
         if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
             raise ConfigError(f"--out {out}: the directory exists and is not empty; choose a new one")
-    else:
-        stem = Path("runs") / f"{config_file.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir, n = stem.resolve(), 1
-        while run_dir.exists():
-            n += 1
-            run_dir = Path(f"{stem}-{n}").resolve()
-    created = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir, created
+        return run_dir
+    stem = Path("runs") / f"{config_file.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir, n = stem.resolve(), 1
+    while run_dir.exists():
+        n += 1
+        run_dir = Path(f"{stem}-{n}").resolve()
+    return run_dir
 
 
 # ---------------------------------------------------------------------- fedpft compress
 def _add_compress_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="minilm-l6", help="FM: minilm-l6, mpnet-base, a model dir or hub id")
     parser.add_argument("--dataset", default="rotten_tomatoes", help="task whose default public set is used")
-    parser.add_argument("--set", action="append", default=[], metavar="fedpft_KEY=VALUE", dest="overrides",
-                        help="a FedPFT setting, e.g. fedpft_layer_align_steps=300 (repeatable)")
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="fedpft_KEY=VALUE",
+                        dest="overrides", help="FedPFT settings, e.g. --set fedpft_layer_align_steps=300 "
+                                               "fedpft_ffn_keep_ratio=0.5 (or repeat --set)")
     parser.add_argument("--out", metavar="DIR", help="also write DIR/compress_report.json")
 
 
@@ -162,7 +202,9 @@ def _add_predict_args(parser: argparse.ArgumentParser) -> None:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .inference import load_tuned_model, predict
+    from .launch import console
 
+    console.route_transformers()   # its load report (the task head is new) and weight bar: -v shows them
     model, tokenizer, label_names = load_tuned_model(args.run_dir)
     for text, label in zip(args.texts, predict(model, tokenizer, args.texts)):
         name = label_names[label] if label < len(label_names) else str(label)
@@ -212,17 +254,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .launch.console import command_console
+
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.handler(args)
-    except FedPFTError as exc:
-        print(f"fedpft: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:   # before anything started (a run stops its processes itself)
-        print("fedpft: interrupted", file=sys.stderr)
-        return EXIT_RUN_FAILED
+    with command_console(args.verbose):   # library warnings and messages: in the run's log, on the console with -v
+        try:
+            return args.handler(args)
+        except FedPFTError as exc:
+            print(f"fedpft: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except KeyboardInterrupt:   # before anything started (a run stops its processes itself)
+            print("fedpft: interrupted", file=sys.stderr)
+            return EXIT_RUN_FAILED
 
 
 if __name__ == "__main__":

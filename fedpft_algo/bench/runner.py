@@ -298,6 +298,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--partitions", metavar="P,Q", help="run only these partitions of the suite (homo, hetero:1)")
     parser.add_argument("--seeds", metavar="0,1", help="the seeds of the suite (overrides bench.seeds; cells of "
                         "seeds already finished in --out are not run again)")
+    parser.add_argument("--check", action="store_true", help="plan the cells and exit; runs and writes nothing")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: rewrite the report from the cells finished in --out")
     parser.add_argument("--threads", type=int, metavar="N", help="torch threads per cell and probe process "
@@ -333,6 +334,15 @@ def run(args) -> int:
             raise ConfigError(f"{option}: {unknown} not in the suite of {spec.path.name}: expected some of "
                               f"{', '.join(allowed)}")
     out = Path(args.out or f"runs/bench-{spec.path.stem}{'-smoke' if args.smoke else ''}").expanduser().resolve()
+    if args.check:
+        cells, notes = plan_cells(spec, split(args.methods), split(args.tasks), split(args.partitions))
+        for note in notes:
+            print(f"fedpft bench: {note}")
+        if not cells:
+            raise ConfigError("bench: no cell to run (" + ("; ".join(notes) or "empty matrix") + ")")
+        print(f"fedpft bench: check passed: {len(cells)} cell(s) of {spec.path.name} planned, "
+              f"output in {out}; nothing was started or written")
+        return 0
     summary = run_bench(spec, out, methods=split(args.methods), tasks=split(args.tasks),
                         partitions=split(args.partitions), execute=not args.report_only)
     for note in summary["notes"]:

@@ -14,11 +14,13 @@ layer outputs (each model running its own stack; padding positions excluded):
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -29,6 +31,21 @@ from .arch import arch_of, find_layers, layer_linear
 logger = logging.getLogger(__name__)
 
 Batch = Mapping[str, torch.Tensor]
+# Told after each distillation step: (what runs, e.g. "layer-level alignment", steps done, steps, loss);
+# once with 0 steps done (loss None) before the first.
+Progress = Callable[[str, int, int, Optional[float]], None]
+_PROGRESS: ContextVar[Optional[Progress]] = ContextVar("fedpft_alignment_progress", default=None)
+
+
+@contextlib.contextmanager
+def reporting(progress: Optional[Progress]) -> Iterator[None]:
+    """Every distillation in the ``with`` block (also those started by code in between, such as the
+    sub-FM cache or FedOT's emulator) reports its steps to ``progress`` unless given one of its own."""
+    token = _PROGRESS.set(progress)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
 
 
 @dataclass
@@ -113,8 +130,12 @@ def _ffn_parameters(model: nn.Module, layers: Sequence[int]) -> List[Tuple[str, 
 
 def _distil(teacher: nn.Module, student: nn.Module, params: List[nn.Parameter], batches: Iterable[Batch],
             layers: Sequence[int], *, steps: int, lr: float, weight_decay: float, warmup_ratio: float,
-            max_grad_norm: float, device, desc: str, after_step=None) -> int:
+            max_grad_norm: float, device, desc: str, after_step=None, progress: Optional[Progress] = None) -> int:
     from transformers import get_linear_schedule_with_warmup
+
+    progress = progress or _PROGRESS.get()
+    if progress is not None:
+        progress(desc, 0, steps, None)
 
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * steps), steps)
@@ -135,8 +156,11 @@ def _distil(teacher: nn.Module, student: nn.Module, params: List[nn.Parameter], 
             if after_step is not None:
                 after_step()
             done += 1
+            value = loss.item()
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            bar.set_postfix(loss=f"{value:.4f}")
+            if progress is not None:
+                progress(desc, done, steps, value)
     return done
 
 
@@ -175,8 +199,9 @@ class _OnlyTrain:
 def align_layers_(full_model: nn.Module, sub_model: nn.Module, batches: Iterable[Batch],
                   eval_batches: Sequence[Batch], layers: Sequence[int], *, steps: int, lr: float = 6e-4,
                   weight_decay: float = 0.01, warmup_ratio: float = 0.05, max_grad_norm: float = 1.0,
-                  device="cpu") -> AlignmentReport:
-    """Layer-level alignment of ``sub_model`` to ``full_model`` in place (teacher frozen)."""
+                  device="cpu", progress: Optional[Progress] = None) -> AlignmentReport:
+    """Layer-level alignment of ``sub_model`` to ``full_model`` in place (teacher frozen); ``progress``
+    (default: the one set by :func:`reporting`) is told each step."""
     start = time.perf_counter()
     full_model.eval()
     before = evaluate_alignment(full_model, sub_model, eval_batches, layers, device)
@@ -185,7 +210,7 @@ def align_layers_(full_model: nn.Module, sub_model: nn.Module, batches: Iterable
     with _OnlyTrain(sub_model, params):
         done = _distil(full_model, sub_model, params, batches, layers, steps=steps, lr=lr,
                        weight_decay=weight_decay, warmup_ratio=warmup_ratio, max_grad_norm=max_grad_norm,
-                       device=device, desc="layer-level alignment")
+                       device=device, desc="layer-level alignment", progress=progress)
     after = evaluate_alignment(full_model, sub_model, eval_batches, layers, device)
     report = AlignmentReport("layer", done, time.perf_counter() - start, before, after, [n for n, _, _ in items])
     logger.info("layer-level alignment: %d steps, loss %.4f -> %.4f (%.1fs)",
@@ -195,7 +220,7 @@ def align_layers_(full_model: nn.Module, sub_model: nn.Module, batches: Iterable
 
 def align_neurons_(full_model: nn.Module, sub_model: nn.Module, updated: Mapping[int, torch.Tensor],
                    batches: Iterable[Batch], eval_batches: Sequence[Batch], *, steps: int, lr: float = 6e-4,
-                   max_grad_norm: float = 1.0, device="cpu") -> AlignmentReport:
+                   max_grad_norm: float = 1.0, device="cpu", progress: Optional[Progress] = None) -> AlignmentReport:
     """Neuron-level alignment in place: only neurons ``updated[l]`` of compressed layer ``l`` change.
 
     ``full_model`` and ``sub_model`` must already hold the same (aggregated) LoRA + head.
@@ -230,7 +255,7 @@ def align_neurons_(full_model: nn.Module, sub_model: nn.Module, updated: Mapping
         try:
             done = _distil(full_model, sub_model, params, batches, layers, steps=steps, lr=lr, weight_decay=0.0,
                            warmup_ratio=0.0, max_grad_norm=max_grad_norm, device=device,
-                           desc="neuron-level alignment", after_step=restore)
+                           desc="neuron-level alignment", after_step=restore, progress=progress)
         finally:
             for hook in hooks:
                 hook.remove()

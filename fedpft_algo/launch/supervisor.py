@@ -43,6 +43,7 @@ from .addresses import Address, write_address_file
 from .plan import RunPlan, for_participants
 from .processes import Proc
 from ..rundir.results import format_round
+from .progress import RunProgress
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def launch(plan: RunPlan, run_dir: os.PathLike, *, expect: Sequence[str] = (), t
     started = time.monotonic()
     deadline = started + timeout
     restore = processes.raise_on_sigterm()
-    bar = _progress_bar(plan.comm_round, progress)
+    bar = RunProgress(run_dir.root, plan.comm_round, enabled=progress)   # the server's phases, then the rounds
     try:
         _say(f"fedpft: {plan.training_type}/{plan.backend} run with {plan.num_processes} process(es) "
              f"in {run_dir.root} (logs in {run_dir.logs})", progress)
@@ -153,6 +154,8 @@ def _monitor(plan, procs, run_dir, state, deadline, timeout, round_timeout, bar,
         if stop is not None and stop.is_set():
             raise KeyboardInterrupt
         read_metrics()
+        if bar.poll() and state.last_progress is not None:
+            state.last_progress = time.monotonic()   # the server reported a step (e.g. of its alignment)
         if state.last_progress is None and any(s.get("phase") in ("training", "done")
                                                for s in read_statuses(run_dir).values()):
             state.last_progress = time.monotonic()
@@ -266,12 +269,6 @@ def _last_line(log: Path, limit: int = 300) -> str:
     except OSError:
         return "(no log)"
     return lines[-1][:limit] if lines else f"(empty log {log.name})"
-
-
-def _progress_bar(total: int, progress: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="round", desc="fedpft", disable=None if progress else True, leave=False)
 
 
 def _say(message: str, progress: bool) -> None:

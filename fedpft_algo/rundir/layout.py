@@ -41,6 +41,7 @@ class RunDir:
     RESUME_CONFIG = "config.resume.yaml"
     ADDRESSES = "grpc_ipconfig.csv"
     METRICS_JSONL = "metrics.jsonl"
+    PROGRESS_JSON = "progress.json"   # the server's current phase (building, aligning, rounds) and its steps
     METRICS_CSV = "metrics.csv"
     METRICS_JSON = "metrics.json"
     ACCURACY_PNG = "accuracy.png"
@@ -108,6 +109,10 @@ class RunDir:
     @property
     def partition_txt(self) -> Path:
         return self.root / self.PARTITION_TXT
+
+    @property
+    def progress_json(self) -> Path:
+        return self.root / self.PROGRESS_JSON
 
     @property
     def final_weights(self) -> Path:

@@ -3,7 +3,9 @@
 * ``status/<role>_<rank>.json``: phase (started, training, done, failed), round, pid, error;
 * ``events/<role>_<rank>.jsonl``: every FedML hook call, in order, with its round;
 * ``metrics.jsonl`` (server): one JSON object per finished round (``round`` is FedML's 0-based
-  round_idx; what users see counts rounds from 1).
+  round_idx; what users see counts rounds from 1);
+* ``progress.json`` (server): what it is doing now (phase, steps done of how many, loss), at most
+  every :data:`PROGRESS_INTERVAL` seconds within a phase, for the launcher's progress display.
 
 Each status write is atomic (temporary file, then rename) so a reader never sees half a file;
 :class:`MetricsTail` reads ``metrics.jsonl`` while it grows.
@@ -22,6 +24,9 @@ from .layout import RunDir
 
 logger = logging.getLogger(__name__)
 
+PROGRESS_INTERVAL = 2.0   # seconds between two progress.json writes of one phase
+ROUNDS_PHASE = "rounds"   # the server's phase once the pre-round hook is done
+
 
 class RunLog:
     """One participant's status, events and (server) metrics; writes nothing without a run directory."""
@@ -31,6 +36,7 @@ class RunLog:
         self.role, self.rank = role, rank
         self.round = 0
         self.phase = "started"
+        self._progress = ("", 0.0)   # phase and time of the last progress.json write
         if self.run_dir:
             self.run_dir.status_dir.mkdir(parents=True, exist_ok=True)
             self.run_dir.events_dir.mkdir(parents=True, exist_ok=True)
@@ -48,6 +54,19 @@ class RunLog:
         record = {"role": self.role, "rank": self.rank, "round": self.round, "phase": phase,
                   "pid": os.getpid(), "error": error, "time": time.time()}
         write_json_atomic(self.run_dir.status_file(self.name), record)
+
+    def progress(self, phase: str, step: Optional[int] = None, steps: Optional[int] = None,
+                 loss: Optional[float] = None) -> None:
+        """Write ``progress.json``: a new phase at once, steps of the same phase at most every
+        :data:`PROGRESS_INTERVAL` s and its last step; the signature fits ``core.alignment.Progress``."""
+        now = time.time()
+        last_phase, last_time = self._progress
+        if not self.run_dir or (phase == last_phase and now - last_time < PROGRESS_INTERVAL
+                                and (step is None or step != steps)):
+            return
+        self._progress = (phase, now)
+        write_json_atomic(self.run_dir.progress_json, {"role": self.role, "rank": self.rank, "phase": phase,
+                                                         "step": step, "steps": steps, "loss": loss, "time": now})
 
     def event(self, hook: str, round_idx: int, **extra: Any) -> None:
         if self.run_dir:

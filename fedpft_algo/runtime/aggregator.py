@@ -30,7 +30,7 @@ from safetensors.torch import save_file
 
 from ..rundir import checkpoint
 from ..core.aggregation import sum_tensors, weighted_average
-from ..core.alignment import align_neurons_
+from ..core.alignment import align_neurons_, reporting
 from ..core.arch import num_layers
 from ..compat import load_fedml
 from ..errors import ConfigError
@@ -42,7 +42,7 @@ from ..core.privacy import epsilon
 from ..methods import get_method
 from ..rundir.hf_export import save_adapter
 from ..rundir.layout import RunDir
-from ..rundir.records import RunLog
+from ..rundir.records import ROUNDS_PHASE, RunLog
 from ..settings import RunSettings
 from .seeding import reseed_
 from .tracking import RunTracker
@@ -83,9 +83,11 @@ class FedPFTAggregator(ServerAggregator):
         """Build and layer-align the sub-FM; make the first payload. Runs once, before round 0."""
         start = time.perf_counter()
         self.runlog.event("pre_round", 0)
-        proxy = self.method.build_proxy(self.model, self.config, self.public_batches, self.eval_batches,
-                                        cache_dir=self.settings.cache_dir, cache_extra=self.cache_extra,
-                                        device=self.device)
+        self.runlog.progress("building the sub-FM")
+        with reporting(self.runlog.progress):   # its distillation steps, for the launcher's progress display
+            proxy = self.method.build_proxy(self.model, self.config, self.public_batches, self.eval_batches,
+                                            cache_dir=self.settings.cache_dir, cache_extra=self.cache_extra,
+                                            device=self.device)
         report = self.layer_report = proxy.report
         torch.manual_seed(self.settings.seed)
         self.sub_model = self.method.add_client_lora(proxy.model, self.config).to(self.device)
@@ -99,6 +101,7 @@ class FedPFTAggregator(ServerAggregator):
                                                                                    self.settings.comm_round)))
         self.prepare_seconds = time.perf_counter() - start
         self.start_clock()
+        self.runlog.progress(ROUNDS_PHASE)
         logger.info("pre-round hook: sub-FM ready in %.1fs (%s)", self.prepare_seconds,
                     "cached" if proxy.from_cache else f"aligned: {report.mean_before:.4f} -> {report.mean_after:.4f}"
                     if report else "no layer-level alignment")
@@ -184,7 +187,8 @@ class FedPFTAggregator(ServerAggregator):
         updated = select_updated_neurons(scores, self.config.align_update_ratio, self.generator)
         report = align_neurons_(self.model, self.sub_model, updated, self.public_batches, self.eval_batches,
                                 steps=self.config.neuron_align_steps, lr=self.config.neuron_align_lr,
-                                max_grad_norm=self.config.align_max_grad_norm, device=self.device)
+                                max_grad_norm=self.config.align_max_grad_norm, device=self.device,
+                                progress=self.runlog.progress)
         self.runlog.event("neuron_alignment", self.round_idx, changed=len(report.changed),
                           loss_before=report.mean_before, loss_after=report.mean_after)
         return report.changed, report.seconds

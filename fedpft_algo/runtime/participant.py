@@ -108,6 +108,8 @@ def run(args, run_dir: Optional[RunDir], runlog: RunLog) -> None:
     role = runlog.role
     single = args.training_type == "simulation" and args.backend == "sp"
     runlog.status("started")
+    if role == "server":
+        runlog.progress("loading the data and the FM")
     settings = RunSettings.from_args(args)
     device = fedml.device.get_device(args)
     if role == "client" and not single:

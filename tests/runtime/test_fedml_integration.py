@@ -101,6 +101,10 @@ def test_mpi_simulation_calls_fedpft_hooks_every_round(minilm_2layer, tmp_path):
     result = fedpft_run("simulation_mpi.yaml", tmp_path / "run", small_run_overrides(minilm_2layer, tmp_path / "c"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert_fedpft_run(tmp_path / "run", ["set_model_params", "train", "get_model_params"])
+    # the console: the server's phases before round 1 (one line each off a terminal), no library warnings
+    assert "fedpft: server: loading the data and the FM" in result.stderr.splitlines()
+    assert "fedpft: server: sub-FM ready; the rounds start" in result.stderr.splitlines()
+    assert "Warning" not in result.stderr and "pkg_resources" in (tmp_path / "run/logs/launcher.log").read_text()
     # each client process knows which client it plays (its seeds, its DP noise depend on it)
     played = {(e["round"], e["client"]) for name in ("client_1", "client_2")
               for e in read_events(tmp_path / "run", name) if e["hook"] == "train"}

@@ -1,0 +1,213 @@
+"""Pre-flight limits: values that pass the yaml's checks but that the model, the data or the optimiser
+cannot honour, found before any process starts.
+
+:func:`~fedpft_algo.launch.preflight.preflight` calls :func:`check_keys` on the resolved config
+before anything reads it and :func:`check_loaded` once it has loaded what the participants will
+load (the task, the FM's config, the client split). Each limit is one
+:class:`~fedpft_algo.errors.ConfigError` line naming the key, the value and what is allowed,
+so ``fedpft run`` exits 2 without a run directory instead of failing inside a participant
+(e.g. ``fedpft_max_length=1000`` on a 512-position model: a tensor size mismatch in round 1).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+from ..errors import ConfigError
+
+# Where a FedML key belongs when the config lacks it (FedML's layout), for the error message.
+SECTIONS = {"learning_rate": "train_args", "weight_decay": "train_args", "epochs": "train_args",
+            "batch_size": "train_args", "random_seed": "common_args", "partition_method": "data_args",
+            "partition_alpha": "data_args", "max_train_examples": "data_args", "max_test_examples": "data_args",
+            "frequency_of_the_test": "validation_args"}
+# Architectures whose position ids start after the padding index (RoBERTa's scheme): a model
+# with P position embeddings takes at most P - pad_token_id - 1 tokens.
+PADDING_OFFSET_TYPES = ("roberta", "mpnet", "xlm-roberta", "camembert", "longformer")
+MAX_SEED = 2**32 - 1   # numpy's seed range (FedML seeds numpy with random_seed in every participant)
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """What pre-flight loaded, for ``fedpft run --check``'s summary."""
+
+    model: str
+    model_type: str
+    num_layers: int
+    hidden_size: int
+    max_tokens: Optional[int]      # text models: the longest input the model takes
+    task: str
+    modality: str
+    num_labels: int
+    train_examples: int
+    test_examples: int
+    public_examples: int
+    settings: Any                  # the run's RunSettings
+
+
+def _bad(plan, key: str, value: Any, allowed: str) -> ConfigError:
+    section = next((s for s, keys in plan.config.items() if key in keys),
+                   "fedpft_args" if key.startswith("fedpft_") else SECTIONS.get(key, "?"))
+    return ConfigError(f"config file {plan.config_file}: {section}.{key}={value!r} is not allowed: expected {allowed}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> Optional[float]:
+    """``value`` as a finite float (numbers, or strings such as YAML's ``1e-3``), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def check_keys(plan) -> None:
+    """FedML's training keys, before anything reads them: the optimiser's learning rate and weight
+    decay, epochs, batch size, the partition, the seed, the example limits, the test frequency."""
+    from ..data.partition import METHODS
+    from ..config import flatten
+
+    flat = flatten(plan.config)
+    given = {key: flat[key] for key in SECTIONS if flat.get(key) is not None}
+
+    def require(key: str, ok, allowed: str) -> None:
+        if key in given and not ok(given[key]):
+            raise _bad(plan, key, given[key], allowed)
+
+    require("learning_rate", lambda v: (_number(v) or 0) > 0, "a finite number > 0 (AdamW's step size)")
+    require("weight_decay", lambda v: _number(v) is not None and _number(v) >= 0, "a finite number >= 0")
+    for key in ("epochs", "batch_size"):
+        require(key, lambda v: _is_int(v) and v >= 1, "an integer >= 1")
+    require("partition_method", lambda v: v in METHODS, "one of " + ", ".join(METHODS))
+    if given.get("partition_method", "hetero") == "hetero":
+        require("partition_alpha", lambda v: (_number(v) or 0) > 0,
+                "a finite number > 0 (the Dirichlet concentration; smaller = more skewed)")
+    require("random_seed", lambda v: _is_int(v) and 0 <= v <= MAX_SEED, f"an integer in [0, {MAX_SEED}]")
+    for key in ("max_train_examples", "max_test_examples"):
+        require(key, lambda v: _is_int(v) and v >= 1, "an integer >= 1, or null for the whole split")
+    if plan.backend != "sp":   # FedML's server tests every frequency_of_the_test rounds (round % frequency)
+        if "frequency_of_the_test" not in flat:
+            raise ConfigError(f"config file {plan.config_file}: validation_args.frequency_of_the_test is missing: "
+                              f"expected an integer >= 1")
+        given["frequency_of_the_test"] = flat["frequency_of_the_test"]
+        require("frequency_of_the_test", lambda v: _is_int(v) and v >= 1, "an integer >= 1")
+
+
+def max_tokens(model_config) -> Optional[int]:
+    """The longest token sequence a text model takes (None when its config does not say)."""
+    positions = getattr(model_config, "max_position_embeddings", None)
+    if not _is_int(positions):
+        return None
+    if model_config.model_type in PADDING_OFFSET_TYPES:
+        positions -= int(getattr(model_config, "pad_token_id", None) or 0) + 1
+    return positions
+
+
+def check_loaded(plan, settings, task, model_config) -> Preflight:
+    """Settings against what was loaded: the FM takes the task's inputs (modality, token length,
+    image channels), the LoRA rank fits the hidden size, the public set holds ``public_size``."""
+    from ..core.arch import get_arch, num_layers
+
+    config = settings.fedpft
+    vision = get_arch(model_config.model_type).modality == "image"
+    if vision != (task.modality == "image"):
+        kind = "an image model (model_type vit)" if task.modality == "image" else "a text model"
+        raise _bad(plan, "model", settings.model, f"{kind} for the {task.modality} task {task.name!r} "
+                                                  f"(this model's type is {model_config.model_type})")
+    limit = None if vision else max_tokens(model_config)
+    if not vision:
+        if config.max_length < 2:
+            raise _bad(plan, "fedpft_max_length", config.max_length, "an integer >= 2 (a special token "
+                                                                     "and one text token at least)")
+        if limit is not None and config.max_length > limit:
+            raise _bad(plan, "fedpft_max_length", config.max_length,
+                       f"at most {limit}, the longest input model {settings.model} takes "
+                       f"(max_position_embeddings {model_config.max_position_embeddings})")
+    else:
+        _check_channels(plan, settings, task, model_config)
+    hidden = int(model_config.hidden_size)
+    if config.lora_r > hidden:
+        raise _bad(plan, "fedpft_lora_r", config.lora_r, f"at most the hidden size {hidden} of model {settings.model}")
+    if config.uses_sub_model:
+        _check_neurons(plan, settings, model_config)
+    public = _public_examples(plan, settings, task)
+    return Preflight(model=settings.model, model_type=model_config.model_type,
+                     num_layers=num_layers(model_config), hidden_size=hidden, max_tokens=limit, task=task.name,
+                     modality=task.modality, num_labels=task.num_labels, train_examples=len(task.train_labels),
+                     test_examples=len(task.test_labels), public_examples=public, settings=settings)
+
+
+def _check_channels(plan, settings, task, model_config) -> None:
+    """Images are converted 1 <-> 3 channels (grey, RGB); any other mismatch cannot be fed to the model."""
+    images = task.train_inputs
+    channels = 1 if images.ndim == 3 else int(images.shape[-1])
+    wanted = int(getattr(model_config, "num_channels", 3))
+    if channels != wanted and {channels, wanted} != {1, 3}:
+        raise _bad(plan, "model", settings.model, f"a model for {channels}-channel images: task {task.name!r} has "
+                                                  f"{channels} channels, the model takes {wanted}")
+
+
+def _check_neurons(plan, settings, model_config) -> None:
+    """The sub-FM keeps at least one FFN neuron per compressed layer; neuron-level alignment updates at least one."""
+    from ..core.arch import ffn_size
+
+    config, width = settings.fedpft, ffn_size(model_config)
+    kept = round(config.ffn_keep_ratio * width)
+    if kept < 1:
+        raise _bad(plan, "fedpft_ffn_keep_ratio", config.ffn_keep_ratio,
+                   f"more than {0.5 / width:.2g}: this keeps no neuron of the {width} in each FFN of {settings.model}")
+    if config.neuron_alignment and round(config.align_update_ratio * kept) < 1:
+        raise _bad(plan, "fedpft_align_update_ratio", config.align_update_ratio,
+                   f"more than {0.5 / kept:.2g}: this updates no neuron of the {kept} the sub-FM keeps per layer")
+
+
+def _public_examples(plan, settings, task) -> int:
+    """The server's public set, loaded as the server will: it must hold ``fedpft_public_size`` examples."""
+    from ..data.public import default_public_name, load_public
+
+    config = settings.fedpft
+    with _quiet("fedpft_algo.data.public"):   # its "only N usable examples" warning becomes the error below
+        public = load_public(config.public_dataset, task=task, max_examples=config.public_size, seed=settings.seed)
+    if len(public) < config.public_size:
+        name = config.public_dataset or default_public_name(task)
+        raise _bad(plan, "fedpft_public_size", config.public_size,
+                   f"at most {len(public)}, the examples of public set {name!r} that are not in task {task.name!r}")
+    return len(public)
+
+
+@contextlib.contextmanager
+def _quiet(name: str):
+    log = logging.getLogger(name)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def summary_rows(plan, found: Preflight) -> Dict[str, str]:
+    """``fedpft run --check``'s summary: what would start, on what."""
+    settings = found.settings
+    processes = "1 process (server and clients)" if plan.backend == "sp" else \
+        f"{plan.num_processes} processes (server + {plan.num_clients} clients)"
+    tokens = f", max length {settings.fedpft.max_length} of {found.max_tokens}" if found.max_tokens else ""
+    partition = settings.partition_method
+    if partition == "hetero":
+        partition += f" (alpha {settings.partition_alpha:g})"
+    resumed = f", resuming after round {plan.resume_round}" if plan.resume_round else ""
+    return {
+        "topology": f"{plan.training_type}/{plan.backend}: {processes}",
+        "model": f"{found.model} ({found.model_type}, {found.num_layers} layers, hidden {found.hidden_size}{tokens})",
+        "task": f"{found.task} ({found.modality}, {found.num_labels} classes, {found.train_examples} train / "
+                f"{found.test_examples} test examples); public set {found.public_examples} examples",
+        "clients": f"{settings.client_num_in_total} in total, {plan.num_clients} per round, {partition}",
+        "method": f"{settings.fedpft.method}, {plan.comm_round} rounds{resumed}",
+    }
