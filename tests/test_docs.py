@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from fedpft_algo import cli
-from fedpft_algo.launch import launcher
+from fedpft_algo import launch as launcher
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted(p for p in (REPO / "examples").iterdir() if p.suffix in (".md", ".yaml", ".py"))]
@@ -206,6 +206,7 @@ def _fedpft(*argv, cwd=REPO):
                           text=True, timeout=300)
 
 
+@pytest.mark.process  # the command as a user types it, in a process of its own
 def test_the_console_carries_only_the_tools_lines_and_v_shows_the_rest():
     """``import fedml`` (pre-flight's client split) warns that pkg_resources is deprecated: not on the console,
     but with -v."""
@@ -217,6 +218,7 @@ def test_the_console_carries_only_the_tools_lines_and_v_shows_the_rest():
     assert loud.returncode == 0 and "pkg_resources is deprecated" in loud.stderr
 
 
+@pytest.mark.process  # the command as a user types it, in a process of its own
 def test_predict_prints_only_its_answers(finished_run):
     """No load report of the new task head, no FutureWarning: one line per text."""
     result = _fedpft("predict", str(finished_run), "a gripping, beautifully acted film", "a tedious mess")

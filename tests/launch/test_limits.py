@@ -13,9 +13,11 @@ import pytest
 import yaml
 
 from fedpft_algo import cli
-from fedpft_algo.launch import launcher
+from fedpft_algo import launch as launcher
+from fedpft_algo.launch import processes
+from tests.helpers import pythonpath
 
-TESTS_DIR = Path(__file__).resolve().parent
+TESTS_DIR = Path(__file__).resolve().parents[1]
 CONFIG_DIR = TESTS_DIR.parent / "fedml_config"
 
 pytestmark = pytest.mark.timeout(300)
@@ -24,8 +26,8 @@ pytestmark = pytest.mark.timeout(300)
 @pytest.fixture
 def isolated(monkeypatch, tmp_path):
     """cwd = tmp_path (the default run directory would be tmp_path/runs); the fake participant."""
-    monkeypatch.setenv("PYTHONPATH", str(TESTS_DIR))
-    monkeypatch.setattr(launcher, "PARTICIPANT_MODULE", "fake_participant")
+    monkeypatch.setenv("PYTHONPATH", pythonpath())
+    monkeypatch.setattr(processes, "PARTICIPANT_MODULE", "fake_participant")
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

@@ -13,7 +13,8 @@ import torch
 
 from fedpft_algo.core import alignment
 from fedpft_algo.launch.progress import RunProgress
-from fedpft_algo.rundir.records import PROGRESS_JSON, ROUNDS_PHASE, RunLog
+from fedpft_algo.rundir.layout import RunDir
+from fedpft_algo.rundir.records import ROUNDS_PHASE, RunLog
 
 
 class Terminal(io.StringIO):
@@ -59,7 +60,7 @@ def test_reporting_reaches_distillations_started_below_it(make_tiny_model, tiny_
 # ---------------------------------------------------------------------- the server writes progress.json
 def test_runlog_writes_a_new_phase_at_once_and_steps_at_most_every_interval(tmp_path):
     log = RunLog(tmp_path, "server", 0)
-    read = lambda: json.loads((tmp_path / PROGRESS_JSON).read_text())  # noqa: E731
+    read = lambda: json.loads((tmp_path / RunDir.PROGRESS_JSON).read_text())  # noqa: E731
     log.progress("layer-level alignment", 0, 10, None)
     assert read()["phase"] == "layer-level alignment" and read()["step"] == 0
     log.progress("layer-level alignment", 1, 10, 0.5)   # within 2 s of the last write: skipped
@@ -114,9 +115,9 @@ def test_on_a_terminal_a_bar_shows_steps_and_loss_then_the_rounds(tmp_path):
 
 def test_a_file_of_an_earlier_start_and_a_disabled_display_show_nothing(tmp_path):
     RunLog(tmp_path, "server", 0).progress("layer-level alignment", 3, 20, 0.5)
-    stale = json.loads((tmp_path / PROGRESS_JSON).read_text())
+    stale = json.loads((tmp_path / RunDir.PROGRESS_JSON).read_text())
     stale["time"] -= 3600   # the run that stopped, before --resume
-    (tmp_path / PROGRESS_JSON).write_text(json.dumps(stale))
+    (tmp_path / RunDir.PROGRESS_JSON).write_text(json.dumps(stale))
     out = io.StringIO()
     RunProgress(tmp_path, 3, file=out).poll()
     assert out.getvalue() == ""
@@ -128,7 +129,7 @@ def test_a_file_of_an_earlier_start_and_a_disabled_display_show_nothing(tmp_path
 
 @pytest.mark.parametrize("content", ["", "{not json", "[1, 2]", '{"phase": 3}'])
 def test_a_half_written_or_foreign_file_is_skipped(tmp_path, content):
-    (tmp_path / PROGRESS_JSON).write_text(content)
+    (tmp_path / RunDir.PROGRESS_JSON).write_text(content)
     out = io.StringIO()
     RunProgress(tmp_path, 3, file=out).poll()
     assert out.getvalue() == ""
