@@ -233,10 +233,24 @@ def write_report(out: Path, records: List[Dict[str, Any]], probes: Dict[str, Dic
 
 def markdown(records, probes, notes=()) -> str:
     methods = _ordered_methods(records)
+    partitions = sorted({r["partition"] for r in records})
     lines = ["# FedPFT bench", "",
              f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()} {os.cpu_count()} CPU core(s), "
              f"{platform.python_version()}. Accuracy in %, mean over seeds; client cost measured by separate probe "
              f"processes (one local epoch); bytes per client per round from the serialised payloads.", ""]
+    lines += _md_cell_tables(records, methods)
+    lines += _md_task_tables(records, methods, partitions)
+    lines += _md_text_means(records, methods, partitions)
+    lines += _md_probe_table(probes)
+    lines += _md_targets_table(records, probes)
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def _md_cell_tables(records, methods) -> List[str]:
+    """One table per (task, partition): every method's accuracy, bytes and cost."""
+    lines = []
     header = (f"| method | final acc | best acc | last-{TAIL_ROUNDS} acc | sub-FM acc | macro-F1 | upload/client/round "
               "| download/client/round | client epoch s | client peak MB | FLOPs ratio | server align s "
               "| grad rel. error | wall s |")
@@ -257,7 +271,12 @@ def markdown(records, probes, notes=()) -> str:
                          f"| {_fmt(m('server_align_seconds'), 's')} | {_fmt(m('grad_rel_error_final'))} "
                          f"| {_fmt(m('wall_seconds'), 's')} |")
         lines.append("")
-    partitions = sorted({r["partition"] for r in records})
+    return lines
+
+
+def _md_task_tables(records, methods, partitions) -> List[str]:
+    """One table per partition: final accuracy per method and task (text tasks first)."""
+    lines = []
     for partition in partitions:
         group = [r for r in records if r["partition"] == partition]
         tasks = sorted({r["task"] for r in group}, key=lambda t: (t not in {r["task"] for r in group
@@ -273,18 +292,28 @@ def markdown(records, probes, notes=()) -> str:
                 cells.append(_fmt(final, "pct") + (f" ({_fmt(sub, 'pct')})" if proxy else ""))
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
+    return lines
+
+
+def _md_text_means(records, methods, partitions) -> List[str]:
+    """Mean final and tail accuracy over the text tasks, per method and partition."""
     text = [r for r in records if r.get("suite", "text") == "text"]
     columns = [(p, key) for p in partitions for key in ("final_accuracy", "tail_accuracy")]
-    lines += ["## Mean accuracy over the text tasks", "",
-              "| method | " + " | ".join(f"{p} {'final' if k == 'final_accuracy' else f'last-{TAIL_ROUNDS}'}"
-                                         for p, k in columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    lines = ["## Mean accuracy over the text tasks", "",
+             "| method | " + " | ".join(f"{p} {'final' if k == 'final_accuracy' else f'last-{TAIL_ROUNDS}'}"
+                                        for p, k in columns) + " |", "|" + "---|" * (len(columns) + 1)]
     for method in methods:
         cells = [_fmt(_mean(r.get(k) for r in text if r["method"] == method and r["partition"] == p), "pct")
                  for p, k in columns]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    lines += ["", "## Client cost (probe processes)", "",
-              "| model | client kind | epoch s | steps | peak RSS MB | model MB (peak - base) | trainable params "
-              "| FLOPs/token | first download |", "|---|---|---|---|---|---|---|---|---|"]
+    return lines
+
+
+def _md_probe_table(probes) -> List[str]:
+    """The client-cost probes, one row each."""
+    lines = ["", "## Client cost (probe processes)", "",
+             "| model | client kind | epoch s | steps | peak RSS MB | model MB (peak - base) | trainable params "
+             "| FLOPs/token | first download |", "|---|---|---|---|---|---|---|---|---|"]
     for key, p in sorted(probes.items()):
         variant = key.split("|")[2:]   # a variant with client-cost settings of its own has its own probe
         kind = p["kind"] + (f" ({variant[0]})" if variant else "")
@@ -292,7 +321,12 @@ def markdown(records, probes, notes=()) -> str:
                      f"| {_fmt(p['peak_rss_mb'], 's')} | {_fmt(p['peak_rss_mb'] - p['base_rss_mb'], 's')} "
                      f"| {_fmt(p['trainable_parameters'], 'int')} | {_fmt(p['flops_per_token'], 'int')} "
                      f"| {_fmt(p['client_model_bytes'], 'bytes')} |")
-    lines += ["", "## Targets", "", "| target | measured | goal | met |", "|---|---|---|---|"]
+    return lines
+
+
+def _md_targets_table(records, probes) -> List[str]:
+    """Issue 5's targets (:func:`targets`): measured value, goal, met."""
+    lines = ["", "## Targets", "", "| target | measured | goal | met |", "|---|---|---|---|"]
     for t in targets(records, probes):
         kind = {"ratio": "pct", "points": "points"}.get(t["unit"], "float")
         value = t["measured"] if t["unit"] == "text" else _fmt(t["measured"], kind)
@@ -304,9 +338,7 @@ def markdown(records, probes, notes=()) -> str:
             value += f" ({t['detail']})"
         met = "-" if t["met"] is None else ("yes" if t["met"] else "no")
         lines.append(f"| {t['target']} | {value} | {t['goal']} | {met} |")
-    if notes:
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def plots(out: Path, records) -> Dict[str, str]:

@@ -216,6 +216,54 @@ def _read_json(path: Path, default):
         return default
 
 
+def _plan_probes(spec: BenchSpec, cells, probes, execute: bool):
+    """Each model's probe task, and the probes still to run: {probe key: the first cell it measures}."""
+    probe_task = {}
+    for cell in cells:  # each model's probes use the first task it is benchmarked on
+        probe_task.setdefault(cell.model, cell.task)
+    wanted_probes = {}
+    for cell in cells:
+        key = probe_key(spec, cell)
+        if execute and key not in probes:
+            wanted_probes.setdefault(key, cell)
+    return probe_task, wanted_probes
+
+
+def _run_probes(spec: BenchSpec, wanted_probes, probe_task, out: Path, probes, failures, bar) -> None:
+    """Run the wanted client-cost probes one at a time, saving ``probes.json`` after each."""
+    from .client_cost import kind_of
+    from ..files import write_json_atomic
+
+    for key, cell in sorted(wanted_probes.items()):
+        kind = kind_of(spec.base_method(cell.method))
+        bar.set_postfix_str(f"probe {key.split('|', 1)[1]}")
+        try:
+            probes[key] = run_probe(spec, cell.model, kind, probe_task[cell.model], spec.cell_timeout,
+                                    cell_config(spec, cell, out / "cache"))
+            write_json_atomic(out / PROBES_JSON, probes)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            failures[f"probe {key}"] = str(exc)
+            logger.warning("%s", exc)
+        bar.update(1)
+
+
+def _write_suite_report(spec: BenchSpec, out: Path, records, probes, notes, failures) -> Dict[str, str]:
+    """Write the report of every finished cell of the suite; returns its paths."""
+    from .report import write_report
+
+    # results.json keeps every cell finished in `out` (a later call with other seeds or methods must not
+    # lose them); the tables and plots cover every finished cell of the whole suite the yaml names, also
+    # when this call ran a part of it or cannot run some of it here (a task not installed, no vision model)
+    suite = plan_cells(spec, runnable_only=False)[0]
+    suite_ids = {c.id for c in suite}
+    for cell in suite:
+        if cell.id in records:
+            records[cell.id]["probe"] = probe_key(spec, cell)
+    return write_report(out, list(records.values()), probes,
+                        notes=notes + [f"failed: {k}: {v}" for k, v in failures.items()],
+                        shown=lambda r: r["cell"] in suite_ids)
+
+
 def run_bench(spec: BenchSpec, out: Path, *, methods=None, tasks=None, partitions=None, progress: bool = True,
               execute: bool = True) -> Dict[str, Any]:
     """Run every unfinished cell and probe (none with ``execute=False``), then write the report.
@@ -225,8 +273,6 @@ def run_bench(spec: BenchSpec, out: Path, *, methods=None, tasks=None, partition
     from tqdm.auto import tqdm
 
     from ..launch import raise_on_sigterm
-    from .report import write_report
-    from .client_cost import kind_of
     from ..files import write_json_atomic
 
     out.mkdir(parents=True, exist_ok=True)
@@ -238,30 +284,13 @@ def run_bench(spec: BenchSpec, out: Path, *, methods=None, tasks=None, partition
     failures = {}
     todo = [c for c in cells if execute and
             records.get(c.id, {}).get("config_hash") != config_hash(cell_config(spec, c, out / "cache"))]
-    probe_task = {}
-    for cell in cells:  # each model's probes use the first task it is benchmarked on
-        probe_task.setdefault(cell.model, cell.task)
-    wanted_probes = {}
-    for cell in cells:
-        key = probe_key(spec, cell)
-        if execute and key not in probes:
-            wanted_probes.setdefault(key, cell)
+    probe_task, wanted_probes = _plan_probes(spec, cells, probes, execute)
     bar = tqdm(total=len(todo) + len(wanted_probes), unit="cell", desc="fedpft bench",
                disable=None if progress else True)
     interrupted = False
     restore = raise_on_sigterm()   # SIGTERM stops the bench like Ctrl-C
     try:
-        for key, cell in sorted(wanted_probes.items()):
-            kind = kind_of(spec.base_method(cell.method))
-            bar.set_postfix_str(f"probe {key.split('|', 1)[1]}")
-            try:
-                probes[key] = run_probe(spec, cell.model, kind, probe_task[cell.model], spec.cell_timeout,
-                                        cell_config(spec, cell, out / "cache"))
-                write_json_atomic(out / PROBES_JSON, probes)
-            except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                failures[f"probe {key}"] = str(exc)
-                logger.warning("%s", exc)
-            bar.update(1)
+        _run_probes(spec, wanted_probes, probe_task, out, probes, failures, bar)
         threads = spec.threads or (max(1, (os.cpu_count() or 1) // spec.jobs) if spec.jobs > 1 else None)
         with _env({"OMP_NUM_THREADS": str(threads)} if threads else {}):
             _run_cells(spec, _producers_first(spec, todo), out, records, failures, bar)
@@ -272,17 +301,7 @@ def run_bench(spec: BenchSpec, out: Path, *, methods=None, tasks=None, partition
         bar.close()
     if execute:
         write_json_atomic(out / FAILURES_JSON, failures)
-    # results.json keeps every cell finished in `out` (a later call with other seeds or methods must not
-    # lose them); the tables and plots cover every finished cell of the whole suite the yaml names, also
-    # when this call ran a part of it or cannot run some of it here (a task not installed, no vision model)
-    suite = plan_cells(spec, runnable_only=False)[0]
-    suite_ids = {c.id for c in suite}
-    for cell in suite:
-        if cell.id in records:
-            records[cell.id]["probe"] = probe_key(spec, cell)
-    paths = write_report(out, list(records.values()), probes,
-                         notes=notes + [f"failed: {k}: {v}" for k, v in failures.items()],
-                         shown=lambda r: r["cell"] in suite_ids)
+    paths = _write_suite_report(spec, out, records, probes, notes, failures)
     return {"cells": len(cells), "ran": len(todo), "finished": sum(c.id in records for c in cells),
             "failures": failures, "notes": notes, "paths": paths, "interrupted": interrupted}
 

@@ -155,6 +155,47 @@ def _train(model, task, collator, *, epochs: int, batch_size: int, lr: float, we
     return steps
 
 
+def _check_settings(out_dir: Path, *, epochs, image_size, patch_size, hidden_size, num_layers, num_heads, ffn_ratio,
+                    batch_size, max_shift, seed, threads, lr, weight_decay, warmup_ratio) -> None:
+    """:func:`pretrain_vit`'s argument checks, and the output directory's, before minutes of training."""
+    for name, value, low in (("epochs", epochs, 1), ("image_size", image_size, 1), ("patch_size", patch_size, 1),
+                             ("hidden_size", hidden_size, 1), ("num_layers", num_layers, 1),
+                             ("num_heads", num_heads, 1), ("ffn_ratio", ffn_ratio, 1), ("batch_size", batch_size, 1),
+                             ("max_shift", max_shift, 0), ("seed", seed, 0)):
+        _check_int(name, value, low)
+    if threads is not None:
+        _check_int("threads", threads, 1)
+    _check_number("lr", lr, "a number > 0", lambda v: v > 0)
+    _check_number("weight_decay", weight_decay, "a number >= 0", lambda v: v >= 0)
+    _check_number("warmup_ratio", warmup_ratio, "a number in [0, 1)", lambda v: 0 <= v < 1)
+    _check_shape(image_size, patch_size, hidden_size, num_heads)
+    _check_out_dir(out_dir)  # before minutes of training, and again before the rename
+
+
+def _train_from_scratch(model_config, task, collator, threads: Optional[int], *, epochs: int, batch_size: int,
+                        lr: float, weight_decay: float, warmup_ratio: float, max_shift: int, seed: int):
+    """Train a randomly initialised ViT with ``threads`` torch threads (``None``: torch's default).
+
+    Returns (model, test accuracy before, after, training seconds, steps, torch's thread count before)."""
+    import torch
+    from transformers import ViTForImageClassification
+
+    saved_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or saved_threads)
+    try:
+        torch.manual_seed(seed)
+        model = ViTForImageClassification(model_config)
+        before = accuracy(model, task.test_inputs, task.test_labels, collator)
+        start = time.perf_counter()
+        steps = _train(model, task, collator, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                       warmup_ratio=warmup_ratio, max_shift=max_shift, seed=seed)
+        seconds = time.perf_counter() - start
+        after = accuracy(model, task.test_inputs, task.test_labels, collator)
+    finally:
+        torch.set_num_threads(saved_threads)
+    return model, before, after, seconds, steps, saved_threads
+
+
 def pretrain_vit(out_dir, *, dataset: str = DEFAULTS["dataset"], epochs: int = DEFAULTS["epochs"],
                  image_size: int = DEFAULTS["image_size"], patch_size: int = DEFAULTS["patch_size"],
                  hidden_size: int = DEFAULTS["hidden_size"], num_layers: int = DEFAULTS["num_layers"],
@@ -173,18 +214,10 @@ def pretrain_vit(out_dir, *, dataset: str = DEFAULTS["dataset"], epochs: int = D
     5-30x slower (measured). Returns the report also written to ``out_dir/fedpft_pretrain.json``.
     """
     out_dir = Path(out_dir).expanduser().absolute()
-    for name, value, low in (("epochs", epochs, 1), ("image_size", image_size, 1), ("patch_size", patch_size, 1),
-                             ("hidden_size", hidden_size, 1), ("num_layers", num_layers, 1),
-                             ("num_heads", num_heads, 1), ("ffn_ratio", ffn_ratio, 1), ("batch_size", batch_size, 1),
-                             ("max_shift", max_shift, 0), ("seed", seed, 0)):
-        _check_int(name, value, low)
-    if threads is not None:
-        _check_int("threads", threads, 1)
-    _check_number("lr", lr, "a number > 0", lambda v: v > 0)
-    _check_number("weight_decay", weight_decay, "a number >= 0", lambda v: v >= 0)
-    _check_number("warmup_ratio", warmup_ratio, "a number in [0, 1)", lambda v: 0 <= v < 1)
-    _check_shape(image_size, patch_size, hidden_size, num_heads)
-    _check_out_dir(out_dir)  # before minutes of training, and again before the rename
+    _check_settings(out_dir, epochs=epochs, image_size=image_size, patch_size=patch_size, hidden_size=hidden_size,
+                    num_layers=num_layers, num_heads=num_heads, ffn_ratio=ffn_ratio, batch_size=batch_size,
+                    max_shift=max_shift, seed=seed, threads=threads, lr=lr, weight_decay=weight_decay,
+                    warmup_ratio=warmup_ratio)
 
     import torch
     import transformers
@@ -201,21 +234,9 @@ def pretrain_vit(out_dir, *, dataset: str = DEFAULTS["dataset"], epochs: int = D
                               ffn_ratio=ffn_ratio, label_names=task.label_names)
     collator = ImageCollator(image_spec(model_config))
 
-    from transformers import ViTForImageClassification
-
-    saved_threads = torch.get_num_threads()
-    torch.set_num_threads(threads or saved_threads)
-    try:
-        torch.manual_seed(seed)
-        model = ViTForImageClassification(model_config)
-        before = accuracy(model, task.test_inputs, task.test_labels, collator)
-        start = time.perf_counter()
-        steps = _train(model, task, collator, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                       warmup_ratio=warmup_ratio, max_shift=max_shift, seed=seed)
-        seconds = time.perf_counter() - start
-        after = accuracy(model, task.test_inputs, task.test_labels, collator)
-    finally:
-        torch.set_num_threads(saved_threads)
+    model, before, after, seconds, steps, saved_threads = _train_from_scratch(
+        model_config, task, collator, threads, epochs=epochs, batch_size=batch_size, lr=lr,
+        weight_decay=weight_decay, warmup_ratio=warmup_ratio, max_shift=max_shift, seed=seed)
     report = {
         "model": "ViTForImageClassification, trained from scratch (random init)",
         "dataset": task.name, "train_examples": len(task.train_labels), "test_examples": len(task.test_labels),

@@ -122,24 +122,12 @@ def apply_fedml_defaults(args, method: Optional[str] = None) -> None:
             setattr(args, key, value)
 
 
-def run(args, run_dir, runlog) -> None:
-    """One baseline run in FedML's sp simulator (``run_dir``, ``runlog``: see :func:`participant.process_main`)."""
-    fedml = load_fedml()
-    from fedml import FedMLRunner
-
+def _build_model_and_data(settings):
+    """The task, the FM with its task head, FedML's dataset list and the FM as FedML's classifier."""
     from ..data.loaders import build_fedml_dataset
     from ..data.tasks import load_task
-    from ..core.evaluate import evaluate
     from ..models import load_encoder, load_full_model
-    from ..settings import RunSettings
 
-    if not (args.training_type == "simulation" and args.backend == "sp"):
-        raise ConfigError("FedML baselines run in FedML's single-process simulator: "
-                          "set training_type simulation and backend sp")
-    apply_fedml_defaults(args)
-    runlog.status("started")
-    settings = RunSettings.from_args(args)
-    device = fedml.device.get_device(args)
     task = load_task(settings.dataset, **settings.task_args())
     image = task.modality == "image"
     torch.manual_seed(settings.seed)  # the task head's initialisation, as the FedPFT server does
@@ -151,6 +139,40 @@ def run(args, run_dir, runlog) -> None:
                                max_length=settings.fedpft.max_length, cache_dir=str(settings.cache_dir / "features"))
     input_name = "pixel_values" if image else "input_ids"
     model = FedMLClassifier(hf_model, None if image else encoder.pad_token_id, input_name)
+    return hf_model, data, model, input_name
+
+
+def _run_fedml(args, device, data, input_name: str, model, on_test: Callable[[int, dict], None], runlog) -> None:
+    """FedML's sp simulator, unchanged, with its per-round test results read from its log (``on_test``)."""
+    from fedml import FedMLRunner
+
+    capture = FedMLTestCapture(on_test)
+    root = logging.getLogger()
+    root.addHandler(capture)
+    if root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    try:
+        runlog.status("training", 0)
+        FedMLRunner(args, device, fedml_dataset(data, input_name), model).run()
+    finally:
+        root.removeHandler(capture)
+
+
+def run(args, run_dir, runlog) -> None:
+    """One baseline run in FedML's sp simulator (``run_dir``, ``runlog``: see :func:`participant.process_main`)."""
+    fedml = load_fedml()
+
+    from ..core.evaluate import evaluate
+    from ..settings import RunSettings
+
+    if not (args.training_type == "simulation" and args.backend == "sp"):
+        raise ConfigError("FedML baselines run in FedML's single-process simulator: "
+                          "set training_type simulation and backend sp")
+    apply_fedml_defaults(args)
+    runlog.status("started")
+    settings = RunSettings.from_args(args)
+    device = fedml.device.get_device(args)
+    hf_model, data, model, input_name = _build_model_and_data(settings)
     size = model_bytes(model)
     last = {"time": time.perf_counter()}
     held = []
@@ -168,16 +190,7 @@ def run(args, run_dir, runlog) -> None:
             runlog.metrics(row)
         runlog.status("training", round_idx + 1)
 
-    capture = FedMLTestCapture(on_test)
-    root = logging.getLogger()
-    root.addHandler(capture)
-    if root.level > logging.INFO:
-        root.setLevel(logging.INFO)
-    try:
-        runlog.status("training", 0)
-        FedMLRunner(args, device, fedml_dataset(data, input_name), model).run()
-    finally:
-        root.removeHandler(capture)
+    _run_fedml(args, device, data, input_name, model, on_test, runlog)
     if not held:
         raise RuntimeError(f"FedML's {args.federated_optimizer} finished without a test result for the last round")
     final = evaluate(hf_model, data[3], device)  # the global model FedML left in `model`
