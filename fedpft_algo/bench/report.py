@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from .client_cost import kind_of
+from .plots import mean as _mean, plots
 from ..files import write_json_atomic
 
 CSV_COLUMNS = ("method", "task", "partition", "seed", "model", "rounds", "final_accuracy", "best_accuracy",
@@ -26,11 +27,6 @@ CSV_COLUMNS = ("method", "task", "partition", "seed", "model", "rounds", "final_
                "client_trainable_parameters", "flops_ratio", "client_epoch_seconds_in_run", "server_align_seconds",
                "layer_align_seconds", "neuron_align_seconds", "grad_rel_error_init", "grad_rel_error_final",
                "grad_cosine_final", "wall_seconds")
-
-
-def _mean(values: Iterable[Optional[float]]) -> Optional[float]:
-    values = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)]
-    return sum(values) / len(values) if values else None
 
 
 def model_name(model: str) -> str:
@@ -227,7 +223,7 @@ def write_report(out: Path, records: List[Dict[str, Any]], probes: Dict[str, Dic
     if records:
         (out / "results.md").write_text(markdown(records, probes, notes), encoding="utf-8")
         paths["markdown"] = str(out / "results.md")
-        paths.update(plots(out, records))
+        paths.update(plots(out, records, _ordered_methods(records), sorted(_by(records, "task", "partition").items())))
     return paths
 
 
@@ -339,57 +335,3 @@ def _md_targets_table(records, probes) -> List[str]:
         met = "-" if t["met"] is None else ("yes" if t["met"] else "no")
         lines.append(f"| {t['target']} | {value} | {t['goal']} | {met} |")
     return lines
-
-
-def plots(out: Path, records) -> Dict[str, str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    methods = _ordered_methods(records)
-    groups = sorted(_by(records, "task", "partition").items())
-    paths = {}
-    for name, key, ylabel in (("accuracy_per_round.png", "accuracy_per_round", "plugged-in FM accuracy"),
-                              ("gradient_error.png", "grad_rel_error_per_round", "||g_proxy - g_FM|| / ||g_FM||")):
-        cols = min(4, len(groups))
-        rows = math.ceil(len(groups) / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-        drawn = False
-        for ax, ((task, partition), group) in zip(axes.flat, groups):
-            for method in methods:
-                series = [r[key] for r in group if r["method"] == method and r.get(key)]
-                if not series or all(v is None for v in series[0]):
-                    continue
-                length = min(len(s) for s in series)
-                mean = [_mean(s[i] for s in series) for i in range(length)]
-                ax.plot(range(1, length + 1), [float("nan") if v is None else v for v in mean], marker=".",
-                        label=method)
-                drawn = True
-            ax.set_title(f"{task}, {partition}", fontsize=9)
-            ax.set_xlabel("round")
-            ax.set_ylabel(ylabel, fontsize=8)
-        for ax in axes.flat[len(groups):]:
-            ax.axis("off")
-        if drawn:
-            axes.flat[0].legend(fontsize=7)
-            fig.tight_layout()
-            fig.savefig(out / name, dpi=110)
-            paths[name] = str(out / name)
-        plt.close(fig)
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-    panels = (("client_epoch_seconds", "client local epoch (s)", False),
-              ("client_peak_mem_mb", "client peak RSS (MB)", False),
-              ("upload_bytes_per_client_round", "upload per client per round (B)", True))
-    for ax, (key, label, log) in zip(axes, panels):
-        values = [_mean(r.get(key) for r in records if r["method"] == m) for m in methods]
-        ax.bar(methods, [0 if v is None else v for v in values], color="tab:blue")
-        ax.set_title(label, fontsize=9)
-        ax.tick_params(axis="x", rotation=45, labelsize=8)
-        if log:
-            ax.set_yscale("log")
-    fig.tight_layout()
-    fig.savefig(out / "client_cost.png", dpi=110)
-    plt.close(fig)
-    paths["client_cost.png"] = str(out / "client_cost.png")
-    return paths

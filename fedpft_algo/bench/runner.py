@@ -32,12 +32,10 @@ once per (model, client kind). The report (``results.csv``, ``results.md``, PNG 
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -48,14 +46,15 @@ import yaml
 
 from ..methods import FEDML_BASELINES as BASELINES
 # re-exported: the bench's public names live in bench_spec
+from .probes import PROBES_JSON, plan_probes, run_probes
 from .spec import BenchSpec, Cell, cell_config, config_hash, load_spec, plan_cells
-from ..config import FedPFTConfig, flatten
+from ..config import FedPFTConfig
 from ..errors import ConfigError
 from ..rundir.layout import RunDir
 
 logger = logging.getLogger(__name__)
 
-RESULTS_JSON, PROBES_JSON, FAILURES_JSON = "results.json", "probes.json", "failures.json"
+RESULTS_JSON, FAILURES_JSON = "results.json", "failures.json"
 
 
 def run_cell(spec: BenchSpec, cell: Cell, out: Path, stop: Optional[threading.Event] = None) -> Dict[str, Any]:
@@ -160,91 +159,12 @@ class _env:
                 os.environ[key] = value
 
 
-# ---------------------------------------------------------------------- client-cost probes
-# The settings that change what one client's local epoch costs (the rest: alignment, rounds, learning rate)
-_CLIENT_COST_FIELDS = ("ffn_keep_ratio", "retained_layers", "lora_r", "lora_dropout", "gradient_checkpointing",
-                       "max_length")
-
-
-def _client_cost_settings(config) -> Dict[str, Any]:
-    flat = flatten(config)
-    fedpft = FedPFTConfig.from_flat(flat).to_dict()
-    return {"batch_size": flat.get("batch_size", 16), **{k: fedpft[k] for k in _CLIENT_COST_FIELDS}}
-
-
-def probe_key(spec: BenchSpec, cell: Cell) -> str:
-    """Which probe measures ``cell``'s clients: one per (model, client kind), and one of its own for a
-    variant whose settings change the client's cost (a larger sub-FM, another batch size, ...)."""
-    from .client_cost import kind_of
-
-    base = dataclasses.replace(cell, method=spec.base_method(cell.method), overrides=())
-    key = f"{cell.model}|{kind_of(base.method)}"
-    settings = (_client_cost_settings(cell_config(spec, c, Path("."))) for c in (cell, base))
-    if cell.overrides and next(settings) != next(settings):
-        key += f"|{cell.method}"
-    return key
-
-
-def run_probe(spec: BenchSpec, model: str, kind: str, task: str, timeout: float,
-              config: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """One client-cost probe process; ``config``: the cell config whose client it measures (default: the base)."""
-    flat = flatten(config or spec.base)
-    fedpft = FedPFTConfig.from_flat(flat)
-    command = [sys.executable, "-m", "fedpft_algo.bench.client_cost", "--model", model, "--kind", kind, "--task", task,
-               "--examples", str(spec.probe_examples), "--batch-size", str(flat.get("batch_size", 16)),
-               "--max-length", str(fedpft.max_length), "--config-json", json.dumps(fedpft.to_dict()),
-               "--learning-rate", str(flat.get("learning_rate", 8e-4)),
-               "--full-learning-rate", str(spec.baseline_args.get("learning_rate", 5e-5)),
-               "--fedprox-mu", str(spec.baseline_args.get("fedprox_mu", 0.01))]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", **({"OMP_NUM_THREADS": str(spec.threads)} if spec.threads else {}))
-    # glibc otherwise raises its mmap threshold as large buffers are freed and keeps later activation buffers
-    # on its heap after they are freed: peak RSS would then measure the allocator's history (it grew by
-    # ~150 MB over one epoch for every kind), not what one training step needs at once.
-    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(64 * 1024))
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
-    if done.returncode != 0:
-        tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise RuntimeError(f"client-cost probe {model}/{kind} failed: {tail}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 # ---------------------------------------------------------------------- the bench
 def _read_json(path: Path, default):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return default
-
-
-def _plan_probes(spec: BenchSpec, cells, probes, execute: bool):
-    """Each model's probe task, and the probes still to run: {probe key: the first cell it measures}."""
-    probe_task = {}
-    for cell in cells:  # each model's probes use the first task it is benchmarked on
-        probe_task.setdefault(cell.model, cell.task)
-    wanted_probes = {}
-    for cell in cells:
-        key = probe_key(spec, cell)
-        if execute and key not in probes:
-            wanted_probes.setdefault(key, cell)
-    return probe_task, wanted_probes
-
-
-def _run_probes(spec: BenchSpec, wanted_probes, probe_task, out: Path, probes, failures, bar) -> None:
-    """Run the wanted client-cost probes one at a time, saving ``probes.json`` after each."""
-    from .client_cost import kind_of
-    from ..files import write_json_atomic
-
-    for key, cell in sorted(wanted_probes.items()):
-        kind = kind_of(spec.base_method(cell.method))
-        bar.set_postfix_str(f"probe {key.split('|', 1)[1]}")
-        try:
-            probes[key] = run_probe(spec, cell.model, kind, probe_task[cell.model], spec.cell_timeout,
-                                    cell_config(spec, cell, out / "cache"))
-            write_json_atomic(out / PROBES_JSON, probes)
-        except (RuntimeError, subprocess.TimeoutExpired) as exc:
-            failures[f"probe {key}"] = str(exc)
-            logger.warning("%s", exc)
-        bar.update(1)
 
 
 def _write_suite_report(spec: BenchSpec, out: Path, records, probes, notes, failures) -> Dict[str, str]:
@@ -284,13 +204,13 @@ def run_bench(spec: BenchSpec, out: Path, *, methods=None, tasks=None, partition
     failures = {}
     todo = [c for c in cells if execute and
             records.get(c.id, {}).get("config_hash") != config_hash(cell_config(spec, c, out / "cache"))]
-    probe_task, wanted_probes = _plan_probes(spec, cells, probes, execute)
+    probe_task, wanted_probes = plan_probes(spec, cells, probes, execute)
     bar = tqdm(total=len(todo) + len(wanted_probes), unit="cell", desc="fedpft bench",
                disable=None if progress else True)
     interrupted = False
     restore = raise_on_sigterm()   # SIGTERM stops the bench like Ctrl-C
     try:
-        _run_probes(spec, wanted_probes, probe_task, out, probes, failures, bar)
+        run_probes(spec, wanted_probes, probe_task, out, probes, failures, bar)
         threads = spec.threads or (max(1, (os.cpu_count() or 1) // spec.jobs) if spec.jobs > 1 else None)
         with _env({"OMP_NUM_THREADS": str(threads)} if threads else {}):
             _run_cells(spec, _producers_first(spec, todo), out, records, failures, bar)

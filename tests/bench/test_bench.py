@@ -311,7 +311,7 @@ def test_bench_lr_resumes_the_default_suites_cells(tmp_path):
 
 
 def test_variants_that_change_the_clients_cost_get_probes_of_their_own(tmp_path):
-    from fedpft_algo.bench.runner import probe_key
+    from fedpft_algo.bench.probes import probe_key
 
     variants = {"fedpft_keep05": {"method": "fedpft", "set": {"fedpft_ffn_keep_ratio": 0.5}},
                 "fedpft_b16": {"method": "fedpft", "set": {"batch_size": 16}},
