@@ -46,7 +46,7 @@ import yaml
 
 from ..methods import FEDML_BASELINES as BASELINES
 # re-exported: the bench's public names live in bench_spec
-from .probes import PROBES_JSON, plan_probes, run_probes
+from .probes import PROBES_JSON, plan_probes, probe_key, run_probes
 from .spec import BenchSpec, Cell, cell_config, config_hash, load_spec, plan_cells
 from ..config import FedPFTConfig
 from ..errors import ConfigError
