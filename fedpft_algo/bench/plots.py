@@ -34,8 +34,8 @@ def plots(out: Path, records, methods: List[str], groups) -> Dict[str, str]:
                 if not series or all(v is None for v in series[0]):
                     continue
                 length = min(len(s) for s in series)
-                mean = [mean(s[i] for s in series) for i in range(length)]
-                ax.plot(range(1, length + 1), [float("nan") if v is None else v for v in mean], marker=".",
+                averaged = [mean(s[i] for s in series) for i in range(length)]
+                ax.plot(range(1, length + 1), [float("nan") if v is None else v for v in averaged], marker=".",
                         label=method)
                 drawn = True
             ax.set_title(f"{task}, {partition}", fontsize=9)

@@ -41,7 +41,7 @@ def _long_texts(tmp_path: Path) -> str:
 
 def _model_dir(tmp_path: Path, model_type: str, **config) -> str:
     """A model directory with only its config.json: all that pre-flight reads of a model."""
-    from conftest import tiny_model_config
+    from tests.conftest import tiny_model_config
 
     model_config = tiny_model_config(model_type)
     for key, value in config.items():
