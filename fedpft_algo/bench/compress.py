@@ -16,6 +16,7 @@ import torch
 from ..core.compression import build_sub_model, count_parameters, encoder_parameters, flops_per_token
 from ..config import FedPFTConfig
 from ..core.alignment import align_layers_
+from ..methods.cache import layer_align_options
 from ..core.arch import num_layers
 
 
@@ -45,9 +46,7 @@ def compress_report(model: str = "minilm-l6", *, dataset: str = "rotten_tomatoes
     sub_model, keep_index = build_sub_model(full_model, config)
     build_seconds = time.perf_counter() - built
     layers = config.compressed_layers(num_layers(full_model.config))
-    report = align_layers_(full_model, sub_model, train, eval_batches, layers, steps=config.layer_align_steps,
-                           lr=config.layer_align_lr, weight_decay=config.layer_align_weight_decay,
-                           warmup_ratio=config.layer_align_warmup_ratio, max_grad_norm=config.align_max_grad_norm)
+    report = align_layers_(full_model, sub_model, train, eval_batches, layers, **layer_align_options(config))
     seq = config.max_length
     result = {
         "model": model, "model_type": full_model.config.model_type, "public_dataset": config.public_dataset or default_public_name(task),

@@ -48,7 +48,7 @@ from ..core.compression import build_sub_model_skeleton, encoder_parameters
 from ..config import FedPFTConfig
 from ..core.lora import copy_checked_, is_trainable_name, lora_config
 from .base import Method, Proxy
-from .cache import cache_key, load_or_align
+from .cache import cache_key, layer_align_options, load_or_align
 
 logger = logging.getLogger(__name__)
 
@@ -282,10 +282,7 @@ class FedOT(Method):
             full_model.to(device)
             emulator.to(device)
             return align_emulator_(full_model, emulator, public_batches, eval_batches,
-                                   steps=config.layer_align_steps, lr=config.layer_align_lr,
-                                   weight_decay=config.layer_align_weight_decay,
-                                   warmup_ratio=config.layer_align_warmup_ratio,
-                                   max_grad_norm=config.align_max_grad_norm, device=device)
+                                   **layer_align_options(config), device=device)
 
         path = None
         if cache_dir is not None:

@@ -20,7 +20,7 @@ from ..core.alignment import align_layers_
 from ..core.arch import num_layers
 from ..core.compression import build_sub_model, build_sub_model_skeleton
 from .base import Method, Proxy
-from .cache import cache_key, load_or_align
+from .cache import cache_key, layer_align_options, load_or_align
 
 
 @dataclass(frozen=True)
@@ -49,10 +49,7 @@ class FedPFT(Method):
             full_model.to(device)
             sub_model.to(device)
             return align_layers_(full_model, sub_model, public_batches, eval_batches, layers,
-                                 steps=config.layer_align_steps, lr=config.layer_align_lr,
-                                 weight_decay=config.layer_align_weight_decay,
-                                 warmup_ratio=config.layer_align_warmup_ratio,
-                                 max_grad_norm=config.align_max_grad_norm, device=device)
+                                 **layer_align_options(config), device=device)
 
         path = None
         if cache_dir is not None:
