@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up the environment (if needed) and run the test suite. Extra arguments go to pytest.
 #   scripts/run_tests.sh [ARGS...]        everything (unit, integration and multi-process tests)
-#   scripts/run_tests.sh fast [ARGS...]   without the tests marked `process` or `netns` (a few minutes)
+#   scripts/run_tests.sh fast [ARGS...]   without the tests marked `process` or `netns` (about 2 minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 select=()
