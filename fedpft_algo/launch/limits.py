@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 from ..errors import ConfigError
+from .plan import is_int
 
 # Where a FedML key belongs when the config lacks it (FedML's layout), for the error message.
 SECTIONS = {"learning_rate": "train_args", "weight_decay": "train_args", "epochs": "train_args",
@@ -53,10 +54,6 @@ def _bad(plan, key: str, value: Any, allowed: str) -> ConfigError:
     return ConfigError(f"config file {plan.config_file}: {section}.{key}={value!r} is not allowed: expected {allowed}")
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _number(value: Any) -> Optional[float]:
     """``value`` as a finite float (numbers, or strings such as YAML's ``1e-3``), else None."""
     if isinstance(value, bool):
@@ -84,26 +81,26 @@ def check_keys(plan) -> None:
     require("learning_rate", lambda v: (_number(v) or 0) > 0, "a finite number > 0 (AdamW's step size)")
     require("weight_decay", lambda v: _number(v) is not None and _number(v) >= 0, "a finite number >= 0")
     for key in ("epochs", "batch_size"):
-        require(key, lambda v: _is_int(v) and v >= 1, "an integer >= 1")
+        require(key, lambda v: is_int(v) and v >= 1, "an integer >= 1")
     require("partition_method", lambda v: v in METHODS, "one of " + ", ".join(METHODS))
     if given.get("partition_method", "hetero") == "hetero":
         require("partition_alpha", lambda v: (_number(v) or 0) > 0,
                 "a finite number > 0 (the Dirichlet concentration; smaller = more skewed)")
-    require("random_seed", lambda v: _is_int(v) and 0 <= v <= MAX_SEED, f"an integer in [0, {MAX_SEED}]")
+    require("random_seed", lambda v: is_int(v) and 0 <= v <= MAX_SEED, f"an integer in [0, {MAX_SEED}]")
     for key in ("max_train_examples", "max_test_examples"):
-        require(key, lambda v: _is_int(v) and v >= 1, "an integer >= 1, or null for the whole split")
+        require(key, lambda v: is_int(v) and v >= 1, "an integer >= 1, or null for the whole split")
     if plan.backend != "sp":   # FedML's server tests every frequency_of_the_test rounds (round % frequency)
         if "frequency_of_the_test" not in flat:
             raise ConfigError(f"config file {plan.config_file}: validation_args.frequency_of_the_test is missing: "
                               f"expected an integer >= 1")
         given["frequency_of_the_test"] = flat["frequency_of_the_test"]
-        require("frequency_of_the_test", lambda v: _is_int(v) and v >= 1, "an integer >= 1")
+        require("frequency_of_the_test", lambda v: is_int(v) and v >= 1, "an integer >= 1")
 
 
 def max_tokens(model_config) -> Optional[int]:
     """The longest token sequence a text model takes (None when its config does not say)."""
     positions = getattr(model_config, "max_position_embeddings", None)
-    if not _is_int(positions):
+    if not is_int(positions):
         return None
     if model_config.model_type in PADDING_OFFSET_TYPES:
         positions -= int(getattr(model_config, "pad_token_id", None) or 0) + 1

@@ -112,7 +112,7 @@ def plan_resume(run_dir: os.PathLike) -> RunPlan:
         raise ConfigError(f"--resume {run_dir.root}: checkpoint {saved.path.name} was written by another config "
                           f"than {run_dir.config}")
     total = flatten(config).get("comm_round")
-    if not _is_int(total) or saved.rounds_done >= total:
+    if not is_int(total) or saved.rounds_done >= total:
         raise ConfigError(f"--resume {run_dir.root}: the run already finished all {total} rounds")
     plan = plan_config(RunSettings.resumed(config, saved.rounds_done, saved.path), run_dir.config)
     plan.comm_round = total
@@ -199,7 +199,7 @@ def validate(config: Sections, path: Path, *, optimizers: Sequence[str] = TRANSP
     if flat.get("backend") not in BACKENDS[training_type]:
         raise bad("backend", f"one of {', '.join(BACKENDS[training_type])} for training_type {training_type}")
     for key in ("client_num_in_total", "client_num_per_round", "comm_round"):
-        if not _is_int(flat.get(key)) or flat[key] < 1:
+        if not is_int(flat.get(key)) or flat[key] < 1:
             raise bad(key, "an integer >= 1")
     n = flat["client_num_per_round"]
     if n > flat["client_num_in_total"]:
@@ -257,7 +257,8 @@ def _parse_id_list(value: Any) -> Any:
     return value
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """An integer that is not a bool (YAML's true/false are bools)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 

@@ -31,7 +31,6 @@ from safetensors.torch import save_file
 from ..rundir import checkpoint
 from ..core.aggregation import sum_tensors, weighted_average
 from ..core.alignment import align_neurons_, reporting
-from ..core.arch import num_layers
 from ..compat import load_fedml
 from ..errors import ConfigError
 from ..core.evaluate import evaluate
@@ -71,7 +70,6 @@ class FedPFTAggregator(ServerAggregator):
         self.sub_model: Optional[torch.nn.Module] = None
         self.payload: Optional[OrderedDict] = None
         self.round_idx = settings.round_offset  # rounds done (a resumed run starts after its checkpoint)
-        self.compressed_layers = self.config.compressed_layers(num_layers(full_model.config))
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.history: List[dict] = []
         self.layer_report = None
