@@ -44,6 +44,9 @@ def _add_run_args(parser: argparse.ArgumentParser) -> None:
                              "yaml's directory)")
     parser.add_argument("--out", metavar="DIR", help="run directory, new or empty "
                         "(default: runs/<config name>-<YYYYmmdd-HHMMSS>)")
+    parser.add_argument("--hostfile", metavar="FILE", help="MPI across hosts: Open MPI's hostfile ('HOST slots=N' "
+                        "per line) for mpirun; ranks fill the hosts' slots in order, rank 0 (the server) on the "
+                        "first host (same as comm_args.mpi_hostfile in the yaml)")
     parser.add_argument("--check", action="store_true", help="resolve, validate and pre-flight the run (with "
                         "--resume: its checkpoint), print what would start, and exit; starts and writes nothing")
     parser.add_argument("--timeout", type=float, default=3600.0, metavar="S",
@@ -63,14 +66,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if not getattr(args, name) > 0:
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(args, name):g}: expected a number of seconds > 0")
     if args.resume:
-        if args.cf or args.overrides or args.out:
-            raise ConfigError("--resume RUN_DIR takes the run's own config: drop --cf, --set and --out")
+        if args.cf or args.overrides or args.out or args.hostfile:
+            raise ConfigError("--resume RUN_DIR takes the run's own config: drop --cf, --set, --out and --hostfile")
         plan = launch.plan_resume(args.resume)
         run_dir = Path(args.resume).expanduser().resolve()
     elif not args.cf:
         raise ConfigError("fedpft run needs --cf FILE (a FedML yaml) or --resume RUN_DIR")
     else:
-        plan = launch.plan_run(args.cf, args.overrides)   # every input check happens before the run dir exists
+        # every input check happens before the run dir exists
+        plan = launch.plan_run(args.cf, args.overrides, hostfile=args.hostfile)
         run_dir = _new_run_dir(args.out, plan.config_file)
     if args.check:
         return _check_only(plan, run_dir)
@@ -105,6 +109,14 @@ def _check_only(plan, run_dir: Path) -> int:
     print(f"fedpft: check passed for {plan.config_file}: nothing was started or written")
     rows = limits.summary_rows(plan, found)
     rows["run dir"] = f"{run_dir}" + (" (resumed)" if plan.resume_round else " (created when the run starts)")
+    if plan.mpirun:
+        from .launch import processes
+        from .rundir.layout import RunDir
+
+        layout = RunDir(run_dir)
+        config = layout.resume_config if plan.resume_round else layout.config
+        rows["mpirun"] = " ".join(plan.mpirun_command(processes.participant_env(layout, plan.num_clients)) + [
+            sys.executable, "-m", processes.PARTICIPANT_MODULE, "--cf", str(config)])
     for name, text in rows.items():
         print(f"  {name:<9} {text}")
     return EXIT_OK

@@ -200,7 +200,7 @@ def summary_rows(plan, found: Preflight) -> Dict[str, str]:
     if partition == "hetero":
         partition += f" (alpha {settings.partition_alpha:g})"
     resumed = f", resuming after round {plan.resume_round}" if plan.resume_round else ""
-    return {
+    rows = {
         "topology": f"{plan.training_type}/{plan.backend}: {processes}",
         "model": f"{found.model} ({found.model_type}, {found.num_layers} layers, hidden {found.hidden_size}{tokens})",
         "task": f"{found.task} ({found.modality}, {found.num_labels} classes, {found.train_examples} train / "
@@ -208,3 +208,8 @@ def summary_rows(plan, found: Preflight) -> Dict[str, str]:
         "clients": f"{settings.client_num_in_total} in total, {plan.num_clients} per round, {partition}",
         "method": f"{settings.fedpft.method}, {plan.comm_round} rounds{resumed}",
     }
+    if plan.hosts:
+        from .hosts import describe_placement
+
+        rows["hosts"] = f"{describe_placement(plan.hosts, plan.num_processes)} (by slot, from {plan.hostfile})"
+    return rows

@@ -17,7 +17,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
@@ -25,6 +25,7 @@ from ..config import FedPFTConfig, Sections, flatten, read_config
 from ..errors import ConfigError
 from ..rundir.layout import RunDir
 from ..settings import RunSettings
+from . import hosts as mpi_hosts
 from .addresses import Address, plan_addresses
 
 BACKENDS = {"simulation": ("sp", "MPI"), "cross_silo": ("MPI", "GRPC")}
@@ -34,7 +35,7 @@ REQUIRED = {"training_type": "common_args", "backend": "comm_args", "federated_o
             "client_num_in_total": "train_args", "client_num_per_round": "train_args", "comm_round": "train_args"}
 # Path keys resolved to absolute paths. "dataset"/"fedpft_public_dataset" are names or paths:
 # only values that exist as a relative path are rewritten.
-PATH_KEYS = ("data_cache_dir", "grpc_ipconfig_path", "gpu_mapping_file", "fedpft_cache_dir")
+PATH_KEYS = ("data_cache_dir", "grpc_ipconfig_path", "gpu_mapping_file", "fedpft_cache_dir", mpi_hosts.KEY)
 MAYBE_PATH_KEYS = ("dataset", "fedpft_public_dataset")
 DEFAULT_CACHE_ROOT = "~/.cache"   # the participant caches in <root>/fedpft
 
@@ -51,26 +52,36 @@ class RunPlan:
     comm_round: int
     addresses: Optional[List[Address]] = None   # GRPC only: rank 0..N
     mpirun: Optional[str] = None                # MPI only
+    hostfile: Optional[Path] = None             # MPI across hosts: Open MPI's hostfile
+    hosts: Optional[List[mpi_hosts.Host]] = None    # its hosts, in file order
     resume_round: int = 0                       # --resume: rounds done before this start
 
     @property
     def num_processes(self) -> int:
         return 1 if self.backend == "sp" else self.num_clients + 1
 
+    def mpirun_command(self, env: Dict[str, str]) -> List[str]:
+        """``mpirun ...`` up to the participant's command (MPI only; ``env``: the participants' environment)."""
+        return mpi_hosts.mpirun_command(self.mpirun, self.num_processes, self.hostfile, env)
+
 
 # ====================================================================== the three ways to a plan
-def plan_run(config_file: os.PathLike, overrides: Sequence[str] = (), *, cwd: Optional[Path] = None) -> RunPlan:
-    """Load ``config_file``, apply ``--set`` overrides, resolve paths and validate; start nothing.
+def plan_run(config_file: os.PathLike, overrides: Sequence[str] = (), *, cwd: Optional[Path] = None,
+             hostfile: Optional[str] = None) -> RunPlan:
+    """Load ``config_file``, apply ``--set`` overrides (and ``--hostfile``), resolve paths and validate;
+    start nothing.
 
     Relative paths written in the yaml are resolved against the yaml's directory; relative paths
-    given with ``--set`` against ``cwd`` (where the user typed them). ``~`` means the user's home
-    (the participants run with HOME pointing into the run directory). Raises :class:`ConfigError`.
+    given with ``--set`` or ``--hostfile`` against ``cwd`` (where the user typed them). ``~`` means the
+    user's home (the participants run with HOME pointing into the run directory). Raises :class:`ConfigError`.
     """
     cwd = Path(cwd or os.getcwd())
     path = (cwd / Path(config_file).expanduser()).resolve()
     config = read_config(path)
     resolve_paths(config, path.parent)
     apply_overrides(config, overrides, cwd=cwd)
+    if hostfile is not None:
+        set_key(config, f"{mpi_hosts.SECTION}.{mpi_hosts.KEY}", hostfile, base=cwd)
     return plan_config(config, path)
 
 
@@ -85,6 +96,10 @@ def plan_config(config: Sections, config_file: os.PathLike, *, optimizers: Seque
                    backend=flat["backend"], num_clients=flat["client_num_per_round"], comm_round=flat["comm_round"])
     if plan.backend == "MPI":
         plan.mpirun = _find_mpirun()
+        if flat.get(mpi_hosts.KEY):
+            plan.hostfile = Path(flat[mpi_hosts.KEY])
+            plan.hosts = mpi_hosts.read_hostfile(plan.hostfile)
+            mpi_hosts.check_slots(plan.hosts, plan.hostfile, plan.num_processes)
     if plan.backend == "GRPC":
         plan.addresses = plan_addresses(flat.get("grpc_ipconfig_path"), plan.num_clients)
     return plan
@@ -215,6 +230,10 @@ def validate(config: Sections, path: Path, *, optimizers: Sequence[str] = TRANSP
         ids = flat.get("client_id_list")
         if ids not in (None, "[]", []) and _parse_id_list(ids) != wanted:
             raise bad("client_id_list", f"{json.dumps(wanted)} (one id per client rank) or no key")
+    hostfile = flat.get(mpi_hosts.KEY)
+    if hostfile not in (None, "") and (flat["backend"] != "MPI" or not isinstance(hostfile, str)):
+        raise bad(mpi_hosts.KEY, "no key, or with backend MPI the path of an Open MPI hostfile (--hostfile FILE); "
+                             "GRPC across hosts takes grpc_ipconfig_path")
     given = flat.get("grpc_ipconfig_path")
     if flat["backend"] == "GRPC" and given is not None and not isinstance(given, str):
         raise bad("grpc_ipconfig_path", "the path of a CSV address file, or no key for free local ports")

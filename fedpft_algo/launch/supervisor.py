@@ -5,7 +5,8 @@ what FedML's documentation does by hand, in one of three topologies chosen by th
 
 ==============================  ==============================================================
 simulation + ``sp``             one process (no mpirun)
-simulation/cross_silo + ``MPI`` ``mpirun --oversubscribe -np N+1`` (rank 0 server, 1..N clients)
+simulation/cross_silo + ``MPI`` ``mpirun --oversubscribe -np N+1`` (rank 0 server, 1..N clients);
+                                with a hostfile ``mpirun --hostfile FILE --map-by slot ...`` (:mod:`.hosts`)
 cross_silo + ``GRPC``           one process per participant: the server first, clients once it listens
 ==============================  ==============================================================
 
@@ -130,8 +131,7 @@ def _start_participants(plan: RunPlan, command: List[str], run_dir: RunDir, proc
     if plan.backend == "sp":
         procs.append(processes.start("server", 0, command, run_dir, env))   # it also plays every client
     elif plan.backend == "MPI":
-        mpi = [plan.mpirun, "--oversubscribe", "-np", str(plan.num_processes)]
-        procs.append(processes.start("mpirun", None, mpi + command, run_dir, env))
+        procs.append(processes.start("mpirun", None, plan.mpirun_command(env) + command, run_dir, env))
     else:
         procs.append(processes.start("server", 0, command + ["--rank", "0", "--role", "server"], run_dir, env))
         _wait_listening(procs[0], plan.addresses[0], run_dir, listen_deadline, round_timeout)

@@ -1,6 +1,6 @@
 """What participants write into the run directory while a run goes on, and how the launcher reads it.
 
-* ``status/<role>_<rank>.json``: phase (started, training, done, failed), round, pid, error;
+* ``status/<role>_<rank>.json``: phase (started, training, done, failed), round, host and pid, error;
 * ``events/<role>_<rank>.jsonl``: every FedML hook call, in order, with its round;
 * ``metrics.jsonl`` (server): one JSON object per finished round (``round`` is FedML's 0-based
   round_idx; what users see counts rounds from 1);
@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
@@ -52,7 +53,7 @@ class RunLog:
         if not self.run_dir:
             return
         record = {"role": self.role, "rank": self.rank, "round": self.round, "phase": phase,
-                  "pid": os.getpid(), "error": error, "time": time.time()}
+                  "host": socket.gethostname(), "pid": os.getpid(), "error": error, "time": time.time()}
         write_json_atomic(self.run_dir.status_file(self.name), record)
 
     def progress(self, phase: str, step: Optional[int] = None, steps: Optional[int] = None,
