@@ -114,15 +114,21 @@ def check_devices(plan, *, cuda_devices: Optional[int] = None) -> Dict[int, str]
     if not isinstance(using_gpu, bool):
         raise _bad(plan, "using_gpu", using_gpu, "true or false")
     ranks = range(plan.num_processes)
+
+    def devices_of(visible: Optional[int]) -> Dict[int, str]:
+        try:
+            return {rank: rank_device(flat, rank, visible_gpus=visible) for rank in ranks}
+        except ConfigError as exc:
+            raise ConfigError(f"config file {plan.config_file}: {exc}") from None
+
     if using_gpu:
-        for rank in ranks:   # the mapping's own errors, whatever this machine has
-            rank_device(flat, rank)
+        devices_of(None)   # the mapping's own errors first, whatever this machine has
         if cuda_devices is None:
             cuda_devices = _cuda_devices()
         if not cuda_devices:
             raise ConfigError(f"config file {plan.config_file}: device_args.using_gpu=True but this machine has no "
                               f"CUDA device (torch sees none): set device_args.using_gpu: false to run on CPU")
-    devices = {rank: rank_device(flat, rank, visible_gpus=cuda_devices if using_gpu else None) for rank in ranks}
+    devices = devices_of(cuda_devices if using_gpu else None)
     precision = flat.get("fedpft_precision", "fp32")
     if precision == "fp16" and not using_gpu:
         raise _bad(plan, "fedpft_precision", precision, "fp32 or bf16 on CPU (fp16 needs CUDA and its gradient "
