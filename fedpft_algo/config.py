@@ -34,6 +34,7 @@ METHODS = ("fedpft", "fedpft_n", "fedpft_b", "fedpft_d", "fedpetuning", "fedot")
 _registry = None  # (known_methods, get_method) of fedpft_algo.methods, once it has bound itself
 STATISTICS = ("apoz", "mean_abs")
 AGGREGATIONS = ("weighted", "uniform")
+PRECISIONS = ("fp32", "bf16", "fp16")   # fedpft_precision: see fedpft_algo.core.precision
 
 
 @dataclass(frozen=True)
@@ -98,11 +99,16 @@ class FedPFTConfig:
     # --- TensorBoard event files of the per-round metrics under <run dir>/tensorboard/ (server)
     tensorboard: bool = False
 
+    # --- mixed precision of client training, both alignments and evaluation (torch.autocast;
+    # --- LoRA, head and optimizer state stay fp32): fp32 | bf16 | fp16 (CUDA only, with a grad scaler)
+    precision: str = "fp32"
+
     def __post_init__(self) -> None:
         _check_types(self)
         _check_choice("method", self.method, method_names())
         _check_choice("align_statistic", self.align_statistic, STATISTICS)
         _check_choice("aggregation", self.aggregation, AGGREGATIONS)
+        _check_choice("precision", self.precision, PRECISIONS)
         _check_range("ffn_keep_ratio", self.ffn_keep_ratio, 0.0, 1.0, "a number in (0, 1]", low_open=True)
         _check_range("align_update_ratio", self.align_update_ratio, 0.0, 1.0, "a number in (0, 1]", low_open=True)
         _check_range("lora_dropout", self.lora_dropout, 0.0, 1.0, "a number in [0, 1)", high_open=True)

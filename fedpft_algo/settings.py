@@ -13,7 +13,9 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import yaml
 
 from .config import FedPFTConfig, Sections, flatten
 from .errors import ConfigError
@@ -116,3 +118,80 @@ class RunSettings:
         digest = hashlib.sha256(f"{self.seed}:{round_idx}:{who}".encode()).digest()
         return int.from_bytes(digest[:8], "little") % 2**63
 
+
+
+# ---------------------------------------------------------------------- a device per rank (FedML's gpu mapping)
+def gpu_mapping(mapping_file: os.PathLike, key: str) -> List[Tuple[str, int]]:
+    """FedML's ``gpu_mapping.yaml``: ``(host, GPU index)`` of each process, in rank order.
+
+    FedML's format and rule (``fedml/device/gpu_mapping_mpi.py``): under ``key``, each host maps to a
+    list of process counts, one per GPU of that host (``host1: [2, 1]`` = 2 processes on its GPU 0,
+    1 on its GPU 1); ranks fill the hosts in file order, each host's GPUs in index order.
+    """
+    path = Path(mapping_file)
+    if not path.is_file():
+        raise ConfigError(f"device_args.gpu_mapping_file={str(path)!r}: no such file (FedML's GPU mapping: "
+                          f"KEY: {{host: [processes on GPU 0, on GPU 1, ...]}})")
+    try:
+        mapping = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"gpu mapping file {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(mapping, dict) or key not in mapping:
+        keys = ", ".join(map(str, mapping)) if isinstance(mapping, dict) else "none"
+        raise ConfigError(f"device_args.gpu_mapping_key={key!r}: no such key in gpu mapping file {path} "
+                          f"(its keys: {keys})")
+    hosts = mapping[key]
+    if not isinstance(hosts, dict) or not hosts or not all(
+            isinstance(counts, list) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                                             for n in counts) for counts in hosts.values()):
+        raise ConfigError(f"gpu mapping file {path}: key {key!r} is {hosts!r}: expected host: [processes on GPU 0, "
+                          f"on GPU 1, ...] (integers >= 0), e.g. localhost: [2, 1]")
+    return [(str(host), gpu) for host, counts in hosts.items() for gpu, n in enumerate(counts) for _ in range(n)]
+
+
+def device_for_rank(rank: int, world_size: int, mapping_file: os.PathLike, key: str,
+                    hostname: Optional[str] = None, visible_gpus: Optional[int] = None) -> str:
+    """The device FedML's mapping gives ``rank`` of a run of ``world_size`` processes: ``"cuda:<i>"``.
+
+    The mapping must name exactly ``world_size`` processes (FedML asserts the same, after start-up).
+    With ``visible_gpus``, each GPU index of the mapping's hosts must be below it. ``hostname``
+    (this process's host) does not choose the device, as in FedML: the rank does; it only names
+    the host in the error when the mapping places ``rank`` on a GPU this host lacks.
+    """
+    slots = gpu_mapping(mapping_file, key)
+    if len(slots) != world_size:
+        raise ConfigError(f"gpu mapping file {mapping_file}: key {key!r} places {len(slots)} processes; the run has "
+                          f"{world_size} (the server and {world_size - 1} clients): make the counts sum to "
+                          f"{world_size}")
+    if visible_gpus is not None:
+        for host, gpu in slots:
+            if gpu >= visible_gpus:
+                raise ConfigError(f"gpu mapping file {mapping_file}: key {key!r} puts a process on GPU {gpu} of "
+                                  f"{host}; {hostname or 'this host'} has {visible_gpus} visible GPU(s) "
+                                  f"(indices 0..{visible_gpus - 1})")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside a run of {world_size} processes")
+    return f"cuda:{slots[rank][1]}"
+
+
+def rank_device(flat: Mapping[str, Any], rank: int, hostname: Optional[str] = None,
+                visible_gpus: Optional[int] = None) -> str:
+    """The device of ``rank`` under a flat config (``vars(args)`` or :func:`flatten` of the yaml).
+
+    ``using_gpu: false`` (or absent): ``"cpu"``. Single process (simulation/sp): ``cuda:<gpu_id>``
+    (FedML's default 0). MPI simulation and cross-silo: :func:`device_for_rank` over the
+    ``client_num_per_round + 1`` processes, from ``gpu_mapping_file`` and ``gpu_mapping_key``.
+    """
+    if flat.get("using_gpu") is not True:
+        return "cpu"
+    if flat.get("training_type") == "simulation" and flat.get("backend") == "sp":
+        gpu = int(flat.get("gpu_id") or 0)
+        if visible_gpus is not None and gpu >= visible_gpus:
+            raise ConfigError(f"device_args.gpu_id={gpu}: this host has {visible_gpus} visible GPU(s)")
+        return f"cuda:{gpu}"
+    for name in ("gpu_mapping_file", "gpu_mapping_key"):
+        if not flat.get(name):
+            raise ConfigError(f"device_args.{name} is missing: using_gpu: true with backend {flat.get('backend')} "
+                              f"places each rank by FedML's GPU mapping (see fedml_config/gpu_mapping.yaml)")
+    return device_for_rank(rank, int(flat["client_num_per_round"]) + 1, flat["gpu_mapping_file"],
+                           str(flat["gpu_mapping_key"]), hostname, visible_gpus)

@@ -57,6 +57,8 @@ BAD_VALUES = [
     ("cache_dir", None, "fedpft_cache_dir=None"),
     ("gradient_checkpointing", "yes", "fedpft_gradient_checkpointing='yes'"),
     ("gradient_checkpointing", 1, "fedpft_gradient_checkpointing=1"),
+    ("precision", "fp8", "fedpft_precision='fp8'"),
+    ("precision", "bfloat16", "fedpft_precision='bfloat16'"),
 ]
 
 

@@ -113,6 +113,7 @@ def test_the_docs_have_the_commands_this_test_expects():
     assert 'fedpft predict runs/<run> "a gripping, beautifully acted film" "a tedious mess"' in texts
     assert ".venv/bin/fedpft bench --cf fedml_config/bench.yaml --smoke" in texts
     assert "fedpft compress --model minilm-l6" in texts
+    assert ".venv/bin/fedpft run --cf fedml_config/simulation_mpi_gpu.yaml --check" in texts
     assert any(where.startswith("examples/csv_dataset.yaml") for where, _ in COMMANDS)
     assert not any(command.startswith(("fedpft run …", "fedpft run to")) for command in texts)
 
@@ -179,6 +180,12 @@ def _prepared(command: str, finished: Path, stopped: Path, out: Path):
 @pytest.mark.parametrize("where,command", COMMANDS, ids=[where for where, _ in COMMANDS])
 def test_a_documented_command_works(where, command, finished_run, stopped_run, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(REPO)
+    import torch
+
+    from fedpft_algo.launch import limits
+
+    if not torch.cuda.is_available():   # the GPU nodes' commands: pre-flight as on a node with 4 GPUs (the
+        monkeypatch.setattr(limits, "_cuda_devices", lambda: 4)   # CPU answer: tests/launch/test_devices.py)
     argv = _prepared(command, finished_run, stopped_run, tmp_path / "out")
     assert argv[0] in cli.COMMANDS, f"{where}: `{command}`: fedpft has no subcommand {argv[0]!r}"
     try:   # every command: the argument parser accepts it (the rest have no cheap mode to run in)

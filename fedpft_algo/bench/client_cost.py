@@ -21,7 +21,10 @@ It trains one local epoch on ``examples`` real task examples (after one untimed 
 other processes on a shared machine; every repeat is listed too), the peak RSS from the moment the data
 is loaded (the peak is reset there on Linux), the RSS before the model was built (interpreter, torch,
 data) and right after, parameter counts, the client model's bytes (its first download) and the per-token
-FLOPs of its transformer layers (:func:`fedpft_algo.core.compression.flops_per_token`). ``fedml`` is
+FLOPs of its transformer layers (:func:`fedpft_algo.core.compression.flops_per_token`); on a CUDA ``--device`` also the peak device
+memory of an epoch (``torch.cuda.max_memory_allocated``, reset per epoch; null on CPU) and, for text,
+non-padding tokens per second of the fastest epoch. ``fedpft_precision`` in ``--config-json`` trains
+under that autocast (and fp16's gradient scaler), as the trainer does. ``fedml`` is
 not imported (a FedML client process carries ~460 MB more, the same for every method).
 
     python -m fedpft_algo.bench.client_cost --model minilm-l6 --kind sub_model --task rotten_tomatoes
@@ -103,9 +106,13 @@ def _client_model(kind: str, model_config, config):
     return client, client.get_base_model()  # LoRA wraps the skeleton's modules in place
 
 
-def _optimiser_step(kind: str, client, learning_rate: float, full_learning_rate: float, fedprox_mu: float):
-    """(trained parameters, one training step on a batch), as the client of ``kind`` trains."""
+def _optimiser_step(kind: str, client, learning_rate: float, full_learning_rate: float, fedprox_mu: float,
+                    device="cpu", precision: str = "fp32"):
+    """(trained parameters, one training step on a batch), as the client of ``kind`` trains (on ``device``,
+    under ``precision``'s autocast and, for fp16, its gradient scaler, as FedPFTTrainer does)."""
     import torch
+
+    from ..core.precision import autocast_for, backward_step, grad_scaler
 
     params = [p for p in client.parameters() if p.requires_grad]
     if kind in _FULL_MODEL_KINDS:  # FedML's classification trainer: Adam(amsgrad) on every parameter
@@ -113,22 +120,27 @@ def _optimiser_step(kind: str, client, learning_rate: float, full_learning_rate:
     else:  # FedPFTTrainer: AdamW on LoRA + head
         optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
     anchor = [p.detach().clone() for p in params] if kind == "full_prox" else None
+    scaler = grad_scaler(device, precision)
 
     def step(batch):
-        loss = client(**batch).loss
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with autocast_for(device, precision):
+            loss = client(**batch).loss
         if anchor is not None:  # FedProx: mu/2 ||w - w_global||^2 over every parameter
             loss = loss + sum((fedprox_mu / 2) * (p - a).pow(2).sum() for p, a in zip(params, anchor))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        backward_step(loss, optimizer, scaler)
 
     return params, step
 
 
 def probe(model: str, kind: str, task: str, *, examples: int = 64, batch_size: int = 16, max_length: int = 64,
           config_values: Dict = None, learning_rate: float = 8e-4, full_learning_rate: float = 5e-5,
-          fedprox_mu: float = 0.01, seed: int = 0, repeats: int = 3, profile: bool = False) -> Dict:
+          fedprox_mu: float = 0.01, seed: int = 0, repeats: int = 3, profile: bool = False,
+          device: str = "cpu") -> Dict:
     import torch
+
+    from ..core.device_cost import batch_tokens, peak_device_mb, reset_peak, synchronize
 
     from ..core.compression import count_parameters, flops_per_token
     from ..config import FedPFTConfig
@@ -154,23 +166,31 @@ def probe(model: str, kind: str, task: str, *, examples: int = 64, batch_size: i
 
         enable_gradient_checkpointing(client)
     built_rss = current_rss_mb()
-    client.train()
-    params, step = _optimiser_step(kind, client, learning_rate, full_learning_rate, fedprox_mu)
+    client.to(device).train()
+    params, step = _optimiser_step(kind, client, learning_rate, full_learning_rate, fedprox_mu, device,
+                                   config.precision)
     step(next(iter(loader)))  # warm-up (allocations, lazy init); not timed
-    times = []
+    times, peaks = [], []
+    tokens = sum(batch_tokens(batch) or 0 for batch in loader)
     for _ in range(max(1, repeats)):
+        reset_peak(device)   # each epoch's own peak on the device (CUDA; None elsewhere)
         start = time.perf_counter()
         steps = 0
         for batch in loader:
             step(batch)
             steps += 1
+        synchronize(device)
         times.append(time.perf_counter() - start)
+        peaks.append(peak_device_mb(device))
     seconds = min(times)
     extra = {"profile_top_ops": _profile(loader, step)} if profile else {}
     return {
         "model": model, "kind": kind, "task": task, "examples": len(data.train_labels), "steps": steps,
         "batch_size": batch_size, "max_length": max_length, "epoch_seconds": seconds, "epoch_seconds_all": times,
         "peak_rss_mb": peak_rss_mb(), "base_rss_mb": base_rss, "built_rss_mb": built_rss,
+        "device": str(device), "precision": config.precision,
+        "peak_device_mem_mb": None if peaks[0] is None else max(peaks),   # None: not a CUDA device
+        "tokens_per_second": tokens / seconds if tokens else None,
         "peak_reset_after_data": peak_reset,
         "total_parameters": count_parameters(client), "trainable_parameters": sum(p.numel() for p in params),
         "client_model_bytes": sum(t.numel() * t.element_size() for t in client.state_dict().values()),
@@ -208,13 +228,15 @@ def main(argv=None) -> int:
     parser.add_argument("--fedprox-mu", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3, help="epochs timed; the fastest is reported")
+    parser.add_argument("--device", default="cpu", help="where the client trains: cpu, cuda, cuda:1, ...")
     parser.add_argument("--profile", action="store_true",
                         help="also profile one epoch (torch.profiler): self CPU seconds of the costliest operators")
     args = parser.parse_args(argv)
     result = probe(args.model, args.kind, args.task, examples=args.examples, batch_size=args.batch_size,
                    max_length=args.max_length, config_values=json.loads(args.config_json),
                    learning_rate=args.learning_rate, full_learning_rate=args.full_learning_rate,
-                   fedprox_mu=args.fedprox_mu, seed=args.seed, repeats=args.repeats, profile=args.profile)
+                   fedprox_mu=args.fedprox_mu, seed=args.seed, repeats=args.repeats, profile=args.profile,
+                   device=args.device)
     print(json.dumps(result), flush=True)  # the CLI output of this entry point: one JSON line
     return 0
 

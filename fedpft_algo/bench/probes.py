@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from ..config import FedPFTConfig, flatten
+from ..settings import rank_device
 from .spec import BenchSpec, Cell, cell_config
 
 logger = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ PROBES_JSON = "probes.json"
 
 # The settings that change what one client's local epoch costs (the rest: alignment, rounds, learning rate)
 _CLIENT_COST_FIELDS = ("ffn_keep_ratio", "retained_layers", "lora_r", "lora_dropout", "gradient_checkpointing",
-                       "max_length")
+                       "max_length", "precision")
 
 
 def _client_cost_settings(config) -> Dict[str, Any]:
@@ -56,7 +57,8 @@ def run_probe(spec: BenchSpec, model: str, kind: str, task: str, timeout: float,
                "--max-length", str(fedpft.max_length), "--config-json", json.dumps(fedpft.to_dict()),
                "--learning-rate", str(flat.get("learning_rate", 8e-4)),
                "--full-learning-rate", str(spec.baseline_args.get("learning_rate", 5e-5)),
-               "--fedprox-mu", str(spec.baseline_args.get("fedprox_mu", 0.01))]
+               "--fedprox-mu", str(spec.baseline_args.get("fedprox_mu", 0.01)),
+               "--device", rank_device(flat, 1)]   # a client's device (cpu unless using_gpu)
     env = dict(os.environ, HF_HUB_OFFLINE="1", **({"OMP_NUM_THREADS": str(spec.threads)} if spec.threads else {}))
     # glibc otherwise raises its mmap threshold as large buffers are freed and keeps later activation buffers
     # on its heap after they are freed: peak RSS would then measure the allocator's history (it grew by

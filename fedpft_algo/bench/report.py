@@ -24,6 +24,7 @@ CSV_COLUMNS = ("method", "task", "partition", "seed", "model", "rounds", "final_
                "tail_accuracy",
                "sub_accuracy", "macro_f1", "upload_bytes_per_client_round", "download_bytes_per_client_round",
                "initial_download_bytes", "client_epoch_seconds", "client_peak_mem_mb", "client_model_mem_mb",
+               "client_tokens_per_second", "client_peak_device_mem_mb",
                "client_trainable_parameters", "flops_ratio", "client_epoch_seconds_in_run", "server_align_seconds",
                "layer_align_seconds", "neuron_align_seconds", "grad_rel_error_init", "grad_rel_error_final",
                "grad_cosine_final", "wall_seconds")
@@ -83,6 +84,8 @@ def add_client_cost(record: Dict[str, Any], probes: Dict[str, Dict[str, Any]]) -
         "client_kind": kind,
         "client_epoch_seconds": probe.get("epoch_seconds"), "client_peak_mem_mb": probe.get("peak_rss_mb"),
         "client_model_mem_mb": (probe["peak_rss_mb"] - probe["base_rss_mb"]) if probe else None,
+        "client_tokens_per_second": probe.get("tokens_per_second"),
+        "client_peak_device_mem_mb": probe.get("peak_device_mem_mb"),   # None: the probe ran on a CPU
         "client_trainable_parameters": probe.get("trainable_parameters"),
         "initial_download_bytes": probe.get("client_model_bytes"),
         "flops_per_token": flops, "flops_ratio": flops / full_flops if flops and full_flops else None,
@@ -308,13 +311,16 @@ def _md_text_means(records, methods, partitions) -> List[str]:
 def _md_probe_table(probes) -> List[str]:
     """The client-cost probes, one row each."""
     lines = ["", "## Client cost (probe processes)", "",
-             "| model | client kind | epoch s | steps | peak RSS MB | model MB (peak - base) | trainable params "
-             "| FLOPs/token | first download |", "|---|---|---|---|---|---|---|---|---|"]
+             "| model | client kind | epoch s | steps | tokens/s | peak RSS MB | model MB (peak - base) "
+             "| peak device MB | trainable params | FLOPs/token | first download |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, p in sorted(probes.items()):
         variant = key.split("|")[2:]   # a variant with client-cost settings of its own has its own probe
         kind = p["kind"] + (f" ({variant[0]})" if variant else "")
         lines.append(f"| {model_name(p['model'])} | {kind} | {_fmt(p['epoch_seconds'], 's')} | {p['steps']} "
+                     f"| {_fmt(p.get('tokens_per_second'), 's')} "
                      f"| {_fmt(p['peak_rss_mb'], 's')} | {_fmt(p['peak_rss_mb'] - p['base_rss_mb'], 's')} "
+                     f"| {_fmt(p.get('peak_device_mem_mb'), 's')} "
                      f"| {_fmt(p['trainable_parameters'], 'int')} | {_fmt(p['flops_per_token'], 'int')} "
                      f"| {_fmt(p['client_model_bytes'], 'bytes')} |")
     return lines

@@ -27,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .arch import arch_of, find_layers, layer_linear
+from .precision import autocast_for, backward_step, grad_scaler
 
 logger = logging.getLogger(__name__)
 
@@ -96,11 +97,13 @@ def layer_losses(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor
 
 @torch.no_grad()
 def evaluate_alignment(teacher: nn.Module, student: nn.Module, batches: Sequence[Batch], layers: Sequence[int],
-                       device) -> Dict[int, float]:
+                       device, precision: str = "fp32") -> Dict[int, float]:
     totals = {index: 0.0 for index in layers}
     for batch in batches:
-        t = hidden_states(teacher, batch, device)
-        s = hidden_states(student, batch, device)
+        with autocast_for(device, precision):
+            t = hidden_states(teacher, batch, device)
+            s = hidden_states(student, batch, device)
+        t, s = [h.float() for h in t], [h.float() for h in s]
         for index, loss in layer_losses(t, s, _valid_mask(batch, t[0]), layers).items():
             totals[index] += loss.item()
     return {index: total / max(1, len(batches)) for index, total in totals.items()}
@@ -130,7 +133,8 @@ def _ffn_parameters(model: nn.Module, layers: Sequence[int]) -> List[Tuple[str, 
 
 def _distil(teacher: nn.Module, student: nn.Module, params: List[nn.Parameter], batches: Iterable[Batch],
             layers: Sequence[int], *, steps: int, lr: float, weight_decay: float, warmup_ratio: float,
-            max_grad_norm: float, device, desc: str, after_step=None, progress: Optional[Progress] = None) -> int:
+            max_grad_norm: float, device, desc: str, after_step=None, progress: Optional[Progress] = None,
+            precision: str = "fp32") -> int:
     from transformers import get_linear_schedule_with_warmup
 
     progress = progress or _PROGRESS.get()
@@ -140,18 +144,20 @@ def _distil(teacher: nn.Module, student: nn.Module, params: List[nn.Parameter], 
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * steps), steps)
     stream = itertools.cycle(batches) if isinstance(batches, (list, tuple)) else _repeat(batches)
+    scaler = grad_scaler(device, precision)
     done = 0
     with tqdm(total=steps, desc=desc, leave=False, disable=None) as bar:
         for batch in itertools.islice(stream, steps):
-            with torch.no_grad():
-                target = hidden_states(teacher, batch, device)
-            output = hidden_states(student, batch, device)
+            with autocast_for(device, precision):
+                with torch.no_grad():
+                    target = hidden_states(teacher, batch, device)
+                output = hidden_states(student, batch, device)
+            # the loss in fp32: autocast leaves the layer outputs in bf16/fp16
+            target, output = [h.float() for h in target], [h.float() for h in output]
             losses = layer_losses(target, output, _valid_mask(batch, target[0]), layers)
             loss = torch.stack(list(losses.values())).mean()
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-            optimizer.step()
+            backward_step(loss, optimizer, scaler, params, max_grad_norm)
             scheduler.step()
             if after_step is not None:
                 after_step()
@@ -199,19 +205,19 @@ class _OnlyTrain:
 def align_layers_(full_model: nn.Module, sub_model: nn.Module, batches: Iterable[Batch],
                   eval_batches: Sequence[Batch], layers: Sequence[int], *, steps: int, lr: float = 6e-4,
                   weight_decay: float = 0.01, warmup_ratio: float = 0.05, max_grad_norm: float = 1.0,
-                  device="cpu", progress: Optional[Progress] = None) -> AlignmentReport:
+                  device="cpu", progress: Optional[Progress] = None, precision: str = "fp32") -> AlignmentReport:
     """Layer-level alignment of ``sub_model`` to ``full_model`` in place (teacher frozen); ``progress``
     (default: the one set by :func:`reporting`) is told each step."""
     start = time.perf_counter()
     full_model.eval()
-    before = evaluate_alignment(full_model, sub_model, eval_batches, layers, device)
+    before = evaluate_alignment(full_model, sub_model, eval_batches, layers, device, precision)
     items = _ffn_parameters(sub_model, layers)
     params = [p for _, p, _ in items]
     with _OnlyTrain(sub_model, params):
         done = _distil(full_model, sub_model, params, batches, layers, steps=steps, lr=lr,
                        weight_decay=weight_decay, warmup_ratio=warmup_ratio, max_grad_norm=max_grad_norm,
-                       device=device, desc="layer-level alignment", progress=progress)
-    after = evaluate_alignment(full_model, sub_model, eval_batches, layers, device)
+                       device=device, desc="layer-level alignment", progress=progress, precision=precision)
+    after = evaluate_alignment(full_model, sub_model, eval_batches, layers, device, precision)
     report = AlignmentReport("layer", done, time.perf_counter() - start, before, after, [n for n, _, _ in items])
     logger.info("layer-level alignment: %d steps, loss %.4f -> %.4f (%.1fs)",
                 done, report.mean_before, report.mean_after, report.seconds)
@@ -220,7 +226,8 @@ def align_layers_(full_model: nn.Module, sub_model: nn.Module, batches: Iterable
 
 def align_neurons_(full_model: nn.Module, sub_model: nn.Module, updated: Mapping[int, torch.Tensor],
                    batches: Iterable[Batch], eval_batches: Sequence[Batch], *, steps: int, lr: float = 6e-4,
-                   max_grad_norm: float = 1.0, device="cpu", progress: Optional[Progress] = None) -> AlignmentReport:
+                   max_grad_norm: float = 1.0, device="cpu", progress: Optional[Progress] = None,
+                   precision: str = "fp32") -> AlignmentReport:
     """Neuron-level alignment in place: only neurons ``updated[l]`` of compressed layer ``l`` change.
 
     ``full_model`` and ``sub_model`` must already hold the same (aggregated) LoRA + head.
@@ -229,7 +236,7 @@ def align_neurons_(full_model: nn.Module, sub_model: nn.Module, updated: Mapping
     start = time.perf_counter()
     layers = sorted(updated)
     full_model.eval()
-    before = evaluate_alignment(full_model, sub_model, eval_batches, layers, device)
+    before = evaluate_alignment(full_model, sub_model, eval_batches, layers, device, precision)
     items = []
     for index in layers:
         items += [(name, p, axis, index) for name, p, axis in _ffn_parameters(sub_model, [index])]
@@ -255,11 +262,12 @@ def align_neurons_(full_model: nn.Module, sub_model: nn.Module, updated: Mapping
         try:
             done = _distil(full_model, sub_model, params, batches, layers, steps=steps, lr=lr, weight_decay=0.0,
                            warmup_ratio=0.0, max_grad_norm=max_grad_norm, device=device,
-                           desc="neuron-level alignment", after_step=restore, progress=progress)
+                           desc="neuron-level alignment", after_step=restore, progress=progress,
+                           precision=precision)
         finally:
             for hook in hooks:
                 hook.remove()
-    after = evaluate_alignment(full_model, sub_model, eval_batches, layers, device)
+    after = evaluate_alignment(full_model, sub_model, eval_batches, layers, device, precision)
     changed = [name for (name, p, _, _), saved in zip(items, frozen) if not torch.equal(p.detach(), saved)]
     report = AlignmentReport("neuron", done, time.perf_counter() - start, before, after, changed)
     logger.info("neuron-level alignment: %d steps, loss %.4f -> %.4f, %d tensors changed (%.1fs)",

@@ -6,10 +6,14 @@ from typing import Dict, Iterable, Mapping
 import torch
 from torch import nn
 
+from .precision import autocast_for
+
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], device="cpu") -> Dict[str, float]:
-    """Accuracy, macro-F1 and mean cross-entropy; the dict keys FedML's aggregators expect are included."""
+def evaluate(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], device="cpu",
+             precision: str = "fp32") -> Dict[str, float]:
+    """Accuracy, macro-F1 and mean cross-entropy (forward passes under ``precision``'s autocast, the
+    loss in fp32); the dict keys FedML's aggregators expect are included."""
     was_training = model.training
     model.eval()
     correct = total = 0
@@ -19,7 +23,9 @@ def evaluate(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], de
         for batch in batches:
             batch = {k: v.to(device) for k, v in batch.items()}
             labels = batch.pop("labels")
-            logits = model(**batch).logits
+            with autocast_for(device, precision):
+                logits = model(**batch).logits
+            logits = logits.float()
             loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
             pred = logits.argmax(dim=-1)
             correct += (pred == labels).sum().item()

@@ -45,7 +45,7 @@ class ActivationStatistics:
             acts = inputs[0].detach()
             acts = acts.reshape(-1, acts.shape[-1]) if self.mask is None else acts[self.mask.bool()]
             zeros = (acts == 0).sum(dim=0).to("cpu", torch.int64)
-            abs_sum = acts.abs().sum(dim=0).to("cpu", torch.float64)
+            abs_sum = acts.float().abs().sum(dim=0).to("cpu", torch.float64)
             if index in self.zeros:
                 self.zeros[index] += zeros
                 self.abs_sum[index] += abs_sum

@@ -46,6 +46,7 @@ class Preflight:
     test_examples: int
     public_examples: int
     settings: Any                  # the run's RunSettings
+    devices: Optional[Dict[int, str]] = None   # rank -> device (check_devices)
 
 
 def _bad(plan, key: str, value: Any, allowed: str) -> ConfigError:
@@ -97,6 +98,50 @@ def check_keys(plan) -> None:
         require("frequency_of_the_test", lambda v: is_int(v) and v >= 1, "an integer >= 1")
 
 
+def check_devices(plan, *, cuda_devices: Optional[int] = None) -> Dict[int, str]:
+    """``device_args`` and ``fedpft_precision`` against this machine: the device of each rank
+    (:func:`~fedpft_algo.settings.rank_device`, FedML's GPU mapping), found before any process starts.
+
+    The mapping is read first (a missing file or key, a process count other than the run's), then
+    CUDA is asked for (``cuda_devices``: the visible GPU count, None to ask torch), then the
+    mapping's GPU indices are checked against it. fp16 needs CUDA (its gradient scaler).
+    Returns ``{rank: device}``."""
+    from ..config import flatten
+    from ..settings import rank_device
+
+    flat = flatten(plan.config)
+    using_gpu = flat.get("using_gpu", False)
+    if not isinstance(using_gpu, bool):
+        raise _bad(plan, "using_gpu", using_gpu, "true or false")
+    ranks = range(plan.num_processes)
+
+    def devices_of(visible: Optional[int]) -> Dict[int, str]:
+        try:
+            return {rank: rank_device(flat, rank, visible_gpus=visible) for rank in ranks}
+        except ConfigError as exc:
+            raise ConfigError(f"config file {plan.config_file}: {exc}") from None
+
+    if using_gpu:
+        devices_of(None)   # the mapping's own errors first, whatever this machine has
+        if cuda_devices is None:
+            cuda_devices = _cuda_devices()
+        if not cuda_devices:
+            raise ConfigError(f"config file {plan.config_file}: device_args.using_gpu=True but this machine has no "
+                              f"CUDA device (torch sees none): set device_args.using_gpu: false to run on CPU")
+    devices = devices_of(cuda_devices if using_gpu else None)
+    precision = flat.get("fedpft_precision", "fp32")
+    if precision == "fp16" and not using_gpu:
+        raise _bad(plan, "fedpft_precision", precision, "fp32 or bf16 on CPU (fp16 needs CUDA and its gradient "
+                                                        "scaler: set device_args.using_gpu: true on a GPU node)")
+    return devices
+
+
+def _cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def max_tokens(model_config) -> Optional[int]:
     """The longest token sequence a text model takes (None when its config does not say)."""
     positions = getattr(model_config, "max_position_embeddings", None)
@@ -107,7 +152,7 @@ def max_tokens(model_config) -> Optional[int]:
     return positions
 
 
-def check_loaded(plan, settings, task, model_config) -> Preflight:
+def check_loaded(plan, settings, task, model_config, devices: Optional[Dict[int, str]] = None) -> Preflight:
     """Settings against what was loaded: the FM takes the task's inputs (modality, token length,
     image channels), the LoRA rank fits the hidden size, the public set holds ``public_size``."""
     from ..core.arch import get_arch, num_layers
@@ -138,7 +183,8 @@ def check_loaded(plan, settings, task, model_config) -> Preflight:
     return Preflight(model=settings.model, model_type=model_config.model_type,
                      num_layers=num_layers(model_config), hidden_size=hidden, max_tokens=limit, task=task.name,
                      modality=task.modality, num_labels=task.num_labels, train_examples=len(task.train_labels),
-                     test_examples=len(task.test_labels), public_examples=public, settings=settings)
+                     test_examples=len(task.test_labels), public_examples=public, settings=settings,
+                     devices=devices)
 
 
 def _check_channels(plan, settings, task, model_config) -> None:
@@ -207,9 +253,22 @@ def summary_rows(plan, found: Preflight) -> Dict[str, str]:
                 f"{found.test_examples} test examples); public set {found.public_examples} examples",
         "clients": f"{settings.client_num_in_total} in total, {plan.num_clients} per round, {partition}",
         "method": f"{settings.fedpft.method}, {plan.comm_round} rounds{resumed}",
+        "devices": _devices_row(found.devices, settings.fedpft.precision),
     }
     if plan.hosts:
         from .hosts import describe_placement
 
         rows["hosts"] = f"{describe_placement(plan.hosts, plan.num_processes)} (by slot, from {plan.hostfile})"
     return rows
+
+
+def _devices_row(devices: Optional[Dict[int, str]], precision: str) -> str:
+    """``rank 0 cuda:0, ranks 1-2 cuda:1, precision bf16``: consecutive ranks on one device grouped."""
+    groups = []
+    for rank, device in sorted((devices or {0: "cpu"}).items()):
+        if groups and groups[-1][2] == device and groups[-1][1] == rank - 1:
+            groups[-1][1] = rank
+        else:
+            groups.append([rank, rank, device])
+    spans = [f"rank {a} {d}" if a == b else f"ranks {a}-{b} {d}" for a, b, d in groups]
+    return ", ".join(spans) + f"; precision {precision}"

@@ -22,6 +22,7 @@ def preflight(plan: RunPlan) -> "limits.Preflight":
     from ..models import load_model_config
 
     limits.check_keys(plan)
+    devices = limits.check_devices(plan)
     settings = RunSettings.from_sections(plan.config)
     task = load_task(settings.dataset, **settings.task_args())
     model_config = load_model_config(settings.model, task.num_labels, settings.cache_dir)
@@ -29,4 +30,4 @@ def preflight(plan: RunPlan) -> "limits.Preflight":
     settings.fedpft.resolve_retained_layers(num_layers(model_config))
     partition(task.train_labels, settings.client_num_in_total, settings.partition_method, settings.partition_alpha,
               settings.seed)
-    return limits.check_loaded(plan, settings, task, model_config)
+    return limits.check_loaded(plan, settings, task, model_config, devices)

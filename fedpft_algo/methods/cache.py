@@ -43,11 +43,13 @@ def layer_align_options(config: FedPFTConfig) -> dict:
     """The layer-level alignment budget of ``config`` (the key fields above), as the aligners' keywords."""
     return dict(steps=config.layer_align_steps, lr=config.layer_align_lr,
                 weight_decay=config.layer_align_weight_decay, warmup_ratio=config.layer_align_warmup_ratio,
-                max_grad_norm=config.align_max_grad_norm)
+                max_grad_norm=config.align_max_grad_norm, precision=config.precision)
 
 
 def cache_key(full_model: nn.Module, config: FedPFTConfig, extra: str = "") -> str:
     settings = {name: getattr(config, name) for name in _KEY_FIELDS}
+    if config.precision != "fp32":  # fp32 keys stay those of the caches written before the precision key
+        settings["precision"] = config.precision
     blob = json.dumps([weights_fingerprint(full_model), settings, extra], sort_keys=True, default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 

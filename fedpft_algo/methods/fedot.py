@@ -235,7 +235,7 @@ class _TeacherTargets(nn.Module):
 
 def align_emulator_(full_model: nn.Module, emulator: nn.Module, batches, eval_batches: Sequence, *, steps: int,
                     lr: float = 6e-4, weight_decay: float = 0.01, warmup_ratio: float = 0.05,
-                    max_grad_norm: float = 1.0, device="cpu") -> AlignmentReport:
+                    max_grad_norm: float = 1.0, device="cpu", precision: str = "fp32") -> AlignmentReport:
     """Distil the emulator's middle layers to the FM, in place (teacher frozen, adapters frozen)."""
     start = time.perf_counter()
     layer_map = emulator_layer_map(emulator.config)
@@ -243,7 +243,7 @@ def align_emulator_(full_model: nn.Module, emulator: nn.Module, batches, eval_ba
     middle = [i for i in range(len(layer_map)) if i not in adapters]
     loss_layers = [i for i in range(len(layer_map)) if i >= (min(middle) if middle else len(layer_map))]
     teacher = _TeacherTargets(full_model, distillation_targets(layer_map)).eval()
-    before = evaluate_alignment(teacher, emulator, eval_batches, loss_layers, device)
+    before = evaluate_alignment(teacher, emulator, eval_batches, loss_layers, device, precision)
     emulator_layers = find_layers(emulator)
     names = {id(p): n for n, p in emulator.named_parameters()}
     params = [p for i in middle for p in emulator_layers[i].parameters()]
@@ -252,8 +252,8 @@ def align_emulator_(full_model: nn.Module, emulator: nn.Module, batches, eval_ba
         with _OnlyTrain(emulator, params):
             done = _distil(teacher, emulator, params, batches, loss_layers, steps=steps, lr=lr,
                            weight_decay=weight_decay, warmup_ratio=warmup_ratio, max_grad_norm=max_grad_norm,
-                           device=device, desc="FedOT emulator distillation")
-    after = evaluate_alignment(teacher, emulator, eval_batches, loss_layers, device)
+                           device=device, desc="FedOT emulator distillation", precision=precision)
+    after = evaluate_alignment(teacher, emulator, eval_batches, loss_layers, device, precision)
     report = AlignmentReport("layer", done, time.perf_counter() - start, before, after, [names[id(p)] for p in params])
     logger.info("FedOT emulator distillation: %d steps, loss %.4f -> %.4f (%.1fs)",
                 done, report.mean_before, report.mean_after, report.seconds)

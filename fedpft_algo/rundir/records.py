@@ -37,6 +37,7 @@ class RunLog:
         self.role, self.rank = role, rank
         self.round = 0
         self.phase = "started"
+        self.device: Optional[str] = None   # the device this rank computes on, once chosen (status files)
         self._progress = ("", 0.0)   # phase and time of the last progress.json write
         if self.run_dir:
             self.run_dir.status_dir.mkdir(parents=True, exist_ok=True)
@@ -53,7 +54,8 @@ class RunLog:
         if not self.run_dir:
             return
         record = {"role": self.role, "rank": self.rank, "round": self.round, "phase": phase,
-                  "host": socket.gethostname(), "pid": os.getpid(), "error": error, "time": time.time()}
+                  "host": socket.gethostname(), "pid": os.getpid(), "error": error, "time": time.time(),
+                  "device": self.device}
         write_json_atomic(self.run_dir.status_file(self.name), record)
 
     def progress(self, phase: str, step: Optional[int] = None, steps: Optional[int] = None,

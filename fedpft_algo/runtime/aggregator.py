@@ -34,6 +34,7 @@ from ..core.alignment import align_neurons_, reporting
 from ..compat import load_fedml
 from ..errors import ConfigError
 from ..core.evaluate import evaluate
+from ..core.device_cost import device_name
 from ..core.gradient_error import GradientProbe, probe_batch
 from ..core.lora import add_lora, is_trainable_name, plug_in_, trainable_state
 from .payload import METRICS_PREFIX, control, load_payload_, nbytes, split_prefixed
@@ -141,8 +142,8 @@ class FedPFTAggregator(ServerAggregator):
         self._plug_into_full_model(aggregated_model_or_grad)
         plug_in_(self.sub_model, aggregated_model_or_grad)
         grad = self._pending["grad"] = self._gradient_error("before")
-        fm = evaluate(self.model, self.test_data, self.device)
-        sub = evaluate(self.sub_model, self.test_data, self.device)
+        fm = evaluate(self.model, self.test_data, self.device, self.config.precision)
+        sub = evaluate(self.sub_model, self.test_data, self.device, self.config.precision)
         payload = OrderedDict(aggregated_model_or_grad)
         align_seconds, changed = 0.0, []
         if self.config.is_alignment_round(round_idx, self.settings.comm_round):
@@ -168,7 +169,7 @@ class FedPFTAggregator(ServerAggregator):
             last = self.history[-1]
             return {"test_correct": last["test_correct"], "test_total": last["test_total"],
                     "test_loss": last["test_loss"], "accuracy": last["accuracy"]}
-        return evaluate(self.model, test_data, device)
+        return evaluate(self.model, test_data, device, self.config.precision)
 
     def test_all(self, train_data_local_dict, test_data_local_dict, device, args) -> bool:
         # Evaluation already ran in on_after_aggregation, every round, on the plugged-in FM.
@@ -186,7 +187,7 @@ class FedPFTAggregator(ServerAggregator):
         report = align_neurons_(self.model, self.sub_model, updated, self.public_batches, self.eval_batches,
                                 steps=self.config.neuron_align_steps, lr=self.config.neuron_align_lr,
                                 max_grad_norm=self.config.align_max_grad_norm, device=self.device,
-                                progress=self.runlog.progress)
+                                progress=self.runlog.progress, precision=self.config.precision)
         self.runlog.event("neuron_alignment", self.round_idx, changed=len(report.changed),
                           loss_before=report.mean_before, loss_after=report.mean_after)
         return report.changed, report.seconds
@@ -202,6 +203,10 @@ class FedPFTAggregator(ServerAggregator):
             "train_loss": _mean(c.get("train_loss") for c in clients),
             "client_epoch_seconds": _mean(c.get("epoch_seconds") for c in clients),
             "client_peak_mem_mb": max((c.get("peak_mem_mb", 0.0) for c in clients), default=0.0),
+            # on the clients' device: None (an empty cell) where no client trained on a GPU
+            "client_peak_device_mem_mb": max((c["peak_device_mem_mb"] for c in clients
+                                              if "peak_device_mem_mb" in c), default=None),
+            "client_tokens_per_second": _mean(c.get("tokens_per_second") for c in clients),
             "client_update_norm": _mean(c.get("update_norm") for c in clients),  # before clipping (DP runs)
             "upload_bytes": sum(uploads) / max(1, len(uploads)),
             "download_bytes": nbytes(payload),
@@ -209,6 +214,8 @@ class FedPFTAggregator(ServerAggregator):
             "round_seconds": now - getattr(self, "_last_round_end", getattr(self, "_start_time", now)),
             "dp_epsilon": self._epsilon(round_idx + 1),
             "test_correct": fm["test_correct"], "test_total": fm["test_total"], "test_loss": fm["test_loss"],
+            "device": str(self.device),   # the server's; the clients' in upload order
+            "client_devices": " ".join(device_name(c["device_code"]) for c in clients if "device_code" in c),
         }
         row.update(self._extra_metrics(round_idx))
         self._last_round_end = now

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import traceback
 from typing import Optional, Tuple
@@ -19,7 +20,7 @@ from typing import Optional, Tuple
 import torch
 
 from ..compat import load_fedml
-from ..errors import FedPFTError
+from ..errors import ConfigError, FedPFTError
 from ..files import write_json_atomic
 from ..rundir.layout import RunDir
 from ..rundir.records import RunLog
@@ -89,6 +90,22 @@ def build_dataset(settings, task, model_config, *, with_clients: bool, run_dir: 
     return data
 
 
+def participant_device(args, rank: int) -> "torch.device":
+    """This rank's device: FedML's GPU mapping read by :func:`~fedpft_algo.settings.rank_device`
+    (``cpu`` without ``using_gpu``); a CUDA device becomes the process's current one."""
+    from ..settings import rank_device
+
+    if getattr(args, "using_gpu", False) is True and not torch.cuda.is_available():
+        raise ConfigError(f"device_args.using_gpu=True but rank {rank} on {socket.gethostname()} sees no CUDA "
+                          f"device: set device_args.using_gpu: false to run on CPU")
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else None
+    device = torch.device(rank_device(vars(args), rank, socket.gethostname(), visible))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        args.gpu_id = device.index   # what FedML's own device code sets
+    return device
+
+
 def role_of(args) -> Tuple[str, int]:
     """``("server", 0)`` or ``("client", rank)``: FedML's rank and role (from MPI, or from the flags)."""
     rank = int(getattr(args, "rank", 0))
@@ -96,7 +113,7 @@ def role_of(args) -> Tuple[str, int]:
 
 
 def run(args, run_dir: Optional[RunDir], runlog: RunLog) -> None:
-    fedml = load_fedml()
+    load_fedml()   # FedML with the compatibility patches, before FedMLRunner
     from fedml import FedMLRunner
 
     from ..config import read_config
@@ -111,7 +128,9 @@ def run(args, run_dir: Optional[RunDir], runlog: RunLog) -> None:
     if role == "server":
         runlog.progress("loading the data and the FM")
     settings = RunSettings.from_args(args)
-    device = fedml.device.get_device(args)
+    device = participant_device(args, runlog.rank)
+    runlog.device = str(device)
+    logger.info("%s %d computes on %s (precision %s)", role, runlog.rank, device, settings.fedpft.precision)
     if role == "client" and not single:
         forbid_weight_files(resolve_model_dir(settings.model, settings.cache_dir, verify=False))
     task = load_task(settings.dataset, **settings.task_args())

@@ -17,7 +17,9 @@ from typing import Optional
 import torch
 
 from ..compat import load_fedml
+from ..core.device_cost import batch_tokens, device_code, peak_device_mb, reset_peak, synchronize
 from ..core.lora import enable_gradient_checkpointing, trainable_state
+from ..core.precision import autocast_for, backward_step, grad_scaler
 from ..core.privacy import clip_and_noise
 from .payload import CONTROL_PREFIX, METRICS_PREFIX, load_payload_, split_prefixed
 from ..settings import RunSettings
@@ -93,6 +95,7 @@ class FedPFTTrainer(ClientTrainer):
     def train(self, train_data, device, args):
         self._event("train")
         settings = self.settings
+        precision = settings.fedpft.precision
         reseed_(settings.round_seed(self.round_idx, f"client{self.id}"), train_data)
         model = self.model.to(device)
         model.train()
@@ -100,21 +103,31 @@ class FedPFTTrainer(ClientTrainer):
             enable_gradient_checkpointing(model)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+        scaler = grad_scaler(device, precision)
+        reset_peak(device)
         start = time.perf_counter()
-        losses = []
+        losses, tokens = [], 0
         for _ in range(settings.epochs):
             for batch in train_data:
+                tokens += batch_tokens(batch) or 0
                 batch = {k: v.to(device) for k, v in batch.items()}
-                loss = model(**batch).loss
+                with autocast_for(device, precision):
+                    loss = model(**batch).loss
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                backward_step(loss, optimizer, scaler)
                 losses.append(loss.item())
-        epoch_seconds = (time.perf_counter() - start) / max(1, settings.epochs)
+        synchronize(device)
+        seconds = time.perf_counter() - start
+        epoch_seconds = seconds / max(1, settings.epochs)
         self.stats = self._activation_counts(train_data, device) if self.collect_stats else OrderedDict()
         self.metrics = OrderedDict(train_loss=sum(losses) / max(1, len(losses)), epoch_seconds=epoch_seconds,
-                                   peak_mem_mb=peak_rss_mb(), steps=len(losses))
-        logger.info("client %s round %d: loss %.4f, %.1fs/epoch%s", self.id, self.round_idx,
+                                   peak_mem_mb=peak_rss_mb(), steps=len(losses), device_code=device_code(device))
+        if tokens:
+            self.metrics["tokens_per_second"] = tokens / max(seconds, 1e-9)
+        peak = peak_device_mb(device)   # None on a CPU: the column stays empty rather than 0
+        if peak is not None:
+            self.metrics["peak_device_mem_mb"] = peak
+        logger.info("client %s round %d on %s: loss %.4f, %.1fs/epoch%s", self.id, self.round_idx, device,
                     self.metrics["train_loss"], epoch_seconds, ", activation counts collected" if self.stats else "")
 
     @torch.no_grad()
@@ -125,7 +138,8 @@ class FedPFTTrainer(ClientTrainer):
                 for batch in train_data:
                     batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
                     recorder.mask = batch.get("attention_mask")
-                    self.model(**batch)
+                    with autocast_for(device, self.settings.fedpft.precision):
+                        self.model(**batch)
             return recorder.counts()
         finally:
             self.model.train()
@@ -133,4 +147,4 @@ class FedPFTTrainer(ClientTrainer):
     def test(self, test_data, device, args):
         from ..core.evaluate import evaluate
 
-        return evaluate(self.model.to(device), test_data, device)
+        return evaluate(self.model.to(device), test_data, device, self.settings.fedpft.precision)

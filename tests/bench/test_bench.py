@@ -316,11 +316,13 @@ def test_variants_that_change_the_clients_cost_get_probes_of_their_own(tmp_path)
     variants = {"fedpft_keep05": {"method": "fedpft", "set": {"fedpft_ffn_keep_ratio": 0.5}},
                 "fedpft_b16": {"method": "fedpft", "set": {"batch_size": 16}},
                 "fedpft_lr16": {"method": "fedpft", "set": {"learning_rate": 0.0016}},
-                "fedpft_t1": {"method": "fedpft", "set": {"fedpft_align_interval": 1}}}
+                "fedpft_t1": {"method": "fedpft", "set": {"fedpft_align_interval": 1}},
+                "fedpft_bf16": {"method": "fedpft", "set": {"fedpft_precision": "bf16"}}}
     spec = load_spec(_bench_yaml(tmp_path, methods=["fedpft", *variants], variants=variants))
 
     keys = {c.method: probe_key(spec, c) for c in plan_cells(spec)[0]}
 
     assert keys == {"fedpft": "minilm-l6|sub_model", "fedpft_lr16": "minilm-l6|sub_model",
                     "fedpft_t1": "minilm-l6|sub_model", "fedpft_keep05": "minilm-l6|sub_model|fedpft_keep05",
-                    "fedpft_b16": "minilm-l6|sub_model|fedpft_b16"}
+                    "fedpft_b16": "minilm-l6|sub_model|fedpft_b16",
+                    "fedpft_bf16": "minilm-l6|sub_model|fedpft_bf16"}

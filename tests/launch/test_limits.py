@@ -172,6 +172,7 @@ def test_check_prints_what_would_start_and_creates_nothing(isolated, capsys):
                             "public set 1500 examples")
     assert rows["clients"] == "4 in total, 2 per round, hetero (alpha 1)"
     assert rows["method"] == "fedpft, 2 rounds"
+    assert rows["devices"] == "ranks 0-2 cpu; precision fp32"
     assert lines[-1] == f"  run dir   {isolated / 'try'} (created when the run starts)"
     assert list(isolated.iterdir()) == []
 

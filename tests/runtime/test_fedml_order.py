@@ -143,3 +143,42 @@ def test_every_round_writes_a_metrics_row_and_test_reports_it(rounds):
         assert row["download_bytes"] == nbytes(payload)
         assert row["train_loss"] > 0 and row["dp_epsilon"] is None
         assert tested["accuracy"] == row["accuracy"]
+
+
+def test_uploads_and_rows_carry_each_ranks_device_and_the_device_cost(rounds):
+    """Each client uploads its device (as a code) and tokens per second; on a CPU no peak device memory
+    (absent, not 0). The server's row names its own device and the clients', and leaves the device-memory
+    cell empty."""
+    for uploads, _ in rounds.uploads:
+        for _, upload in uploads:
+            metrics = {k[len(METRICS_PREFIX):]: v.item() for k, v in upload.items() if k.startswith(METRICS_PREFIX)}
+            assert metrics["device_code"] == -1 and "peak_device_mem_mb" not in metrics
+            # non-padding tokens of the round's batches / training seconds (one epoch)
+            assert metrics["tokens_per_second"] * metrics["epoch_seconds"] == pytest.approx(
+                BATCHES_PER_CLIENT * VALID_POSITIONS_PER_BATCH)
+    for row in rounds.aggregator.history:
+        assert row["device"] == "cpu" and row["client_devices"] == "cpu cpu"
+        assert row["client_peak_device_mem_mb"] is None and row["client_tokens_per_second"] > 0
+
+
+def test_a_bf16_client_trains_under_autocast_and_keeps_fp32_weights(rounds):
+    import dataclasses
+
+    trainer, data = rounds.clients[0]
+    settings = trainer.settings
+    trainer.settings = dataclasses.replace(settings, fedpft=dataclasses.replace(settings.fedpft, precision="bf16"))
+    seen = set()
+    hooks = [m.register_forward_hook(lambda _m, _i, out: seen.add(out.dtype)) for m in trainer.model.modules()
+             if isinstance(m, torch.nn.Linear)]
+    before = trainable_state(trainer.model)
+    try:
+        trainer.train(data, "cpu", SimpleNamespace())
+    finally:
+        trainer.settings = settings
+        for hook in hooks:
+            hook.remove()
+    after = trainable_state(trainer.model)
+    assert seen == {torch.bfloat16}
+    assert {v.dtype for v in after.values()} == {torch.float32}
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert trainer.metrics["train_loss"] > 0 and trainer.metrics["tokens_per_second"] > 0

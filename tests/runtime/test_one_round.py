@@ -35,6 +35,12 @@ def test_one_round_run_ends_cleanly(minilm_2layer, tmp_path, config):
     expected = {"server_0"} if config == "simulation_sp.yaml" else {"server_0", "client_1", "client_2"}
     assert set(statuses) == expected
     assert {name: s["phase"] for name, s in statuses.items()} == {name: "done" for name in expected}
+    # each rank's device: in its status file, and (server and clients) in the metrics row
+    assert {name: s["device"] for name, s in statuses.items()} == {name: "cpu" for name in expected}
+    assert metrics[0]["device"] == "cpu" and metrics[0]["client_devices"] == "cpu cpu"
+    assert metrics[0]["client_peak_device_mem_mb"] is None and metrics[0]["client_tokens_per_second"] > 0
+    csv_header = (run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"device", "client_devices", "client_peak_device_mem_mb", "client_tokens_per_second"} <= set(csv_header)
     assert not [s["pid"] for s in statuses.values() if Path(f"/proc/{s['pid']}").exists()], \
         "a participant outlived the run"
     if config != "simulation_sp.yaml":
