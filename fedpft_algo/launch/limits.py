@@ -2,8 +2,9 @@
 cannot honour, found before any process starts.
 
 :func:`~fedpft_algo.launch.preflight.preflight` calls :func:`check_keys` on the resolved config
-before anything reads it and :func:`check_loaded` once it has loaded what the participants will
-load (the task, the FM's config, the client split). Each limit is one
+before anything reads it, :func:`check_devices` (each rank's device, CUDA, the precision) next, and
+:func:`check_loaded` once it has loaded what the participants will load (the task, the FM's config,
+the client split). Each limit is one
 :class:`~fedpft_algo.errors.ConfigError` line naming the key, the value and what is allowed,
 so ``fedpft run`` exits 2 without a run directory instead of failing inside a participant
 (e.g. ``fedpft_max_length=1000`` on a 512-position model: a tensor size mismatch in round 1).

@@ -54,3 +54,22 @@ def test_without_a_cache_directory_every_call_aligns(tmp_path):
     assert load_or_align(model, None, align, "test alignment")[1] is False
     assert load_or_align(model, None, align, "test alignment")[1] is False
     assert len(calls) == 2
+
+
+def test_the_precision_keys_its_own_aligned_sub_fm_and_fp32_keeps_the_old_key():
+    """A bf16 alignment is another sub-FM (its own cache entry); fp32's key is the one written before
+    fedpft_precision existed (computed here without the field)."""
+    import hashlib
+    import json
+
+    from fedpft_algo.config import FedPFTConfig
+    from fedpft_algo.methods.cache import _KEY_FIELDS, cache_key, weights_fingerprint
+    from tests.conftest import build_tiny_model
+
+    model, config = build_tiny_model("bert"), FedPFTConfig()
+    settings = {name: getattr(config, name) for name in _KEY_FIELDS}
+    before = hashlib.sha256(json.dumps([weights_fingerprint(model), settings, "x"], sort_keys=True,
+                                       default=list).encode()).hexdigest()[:24]
+    assert cache_key(model, config, "x") == before
+    keys = {p: cache_key(model, FedPFTConfig(precision=p), "x") for p in ("fp32", "bf16", "fp16")}
+    assert len(set(keys.values())) == 3
