@@ -103,8 +103,11 @@ def _client_model(kind: str, model_config, config):
     return client, client.get_base_model()  # LoRA wraps the skeleton's modules in place
 
 
-def _optimiser_step(kind: str, client, learning_rate: float, full_learning_rate: float, fedprox_mu: float):
-    """(trained parameters, one training step on a batch), as the client of ``kind`` trains."""
+def _optimiser_step(kind: str, client, learning_rate: float, full_learning_rate: float, fedprox_mu: float,
+                    forward=None):
+    """(trained parameters, one training step on a batch), as the client of ``kind`` trains; ``forward``:
+    what computes the loss (default ``client``; its compiled forward with ``fedpft_compile``)."""
+    forward = forward or client
     import torch
 
     params = [p for p in client.parameters() if p.requires_grad]
@@ -115,7 +118,7 @@ def _optimiser_step(kind: str, client, learning_rate: float, full_learning_rate:
     anchor = [p.detach().clone() for p in params] if kind == "full_prox" else None
 
     def step(batch):
-        loss = client(**batch).loss
+        loss = forward(**batch).loss
         if anchor is not None:  # FedProx: mu/2 ||w - w_global||^2 over every parameter
             loss = loss + sum((fedprox_mu / 2) * (p - a).pow(2).sum() for p, a in zip(params, anchor))
         optimizer.zero_grad(set_to_none=True)
@@ -153,10 +156,17 @@ def probe(model: str, kind: str, task: str, *, examples: int = 64, batch_size: i
         from ..core.lora import enable_gradient_checkpointing
 
         enable_gradient_checkpointing(client)
+    forward = client
+    if kind not in _FULL_MODEL_KINDS:  # the client-cost options, as FedPFTTrainer applies them
+        from ..core.client_speed import apply_client_options_
+
+        forward = apply_client_options_(client, config)
     built_rss = current_rss_mb()
     client.train()
-    params, step = _optimiser_step(kind, client, learning_rate, full_learning_rate, fedprox_mu)
-    step(next(iter(loader)))  # warm-up (allocations, lazy init); not timed
+    params, step = _optimiser_step(kind, client, learning_rate, full_learning_rate, fedprox_mu, forward)
+    warm = time.perf_counter()
+    step(next(iter(loader)))  # warm-up (allocations, lazy init, compilation); not timed
+    warmup_seconds = time.perf_counter() - warm
     times = []
     for _ in range(max(1, repeats)):
         start = time.perf_counter()
@@ -170,6 +180,7 @@ def probe(model: str, kind: str, task: str, *, examples: int = 64, batch_size: i
     return {
         "model": model, "kind": kind, "task": task, "examples": len(data.train_labels), "steps": steps,
         "batch_size": batch_size, "max_length": max_length, "epoch_seconds": seconds, "epoch_seconds_all": times,
+        "warmup_step_seconds": warmup_seconds,
         "peak_rss_mb": peak_rss_mb(), "base_rss_mb": base_rss, "built_rss_mb": built_rss,
         "peak_reset_after_data": peak_reset,
         "total_parameters": count_parameters(client), "trainable_parameters": sum(p.numel() for p in params),

@@ -17,6 +17,8 @@ from typing import Optional
 import torch
 
 from ..compat import load_fedml
+from ..core.client_speed import apply_client_options_
+from ..core.compression import match_ffn_widths_
 from ..core.lora import enable_gradient_checkpointing, trainable_state
 from ..core.privacy import clip_and_noise
 from .payload import CONTROL_PREFIX, METRICS_PREFIX, load_payload_, split_prefixed
@@ -65,6 +67,8 @@ class FedPFTTrainer(ClientTrainer):
 
     def set_model_params(self, model_parameters):
         tensors, controls = split_prefixed(model_parameters, CONTROL_PREFIX)
+        if not self.initialised and "ffn_widths" in controls:  # the sub-FM's per-layer widths (first payload)
+            match_ffn_widths_(self.model, controls["ffn_widths"].tolist())
         load_payload_(self.model, tensors, require_all=not self.initialised)
         self.initialised = True
         self.received = trainable_state(self.model)  # the round's starting point (for DP clipping)
@@ -98,6 +102,7 @@ class FedPFTTrainer(ClientTrainer):
         model.train()
         if settings.fedpft.gradient_checkpointing:
             enable_gradient_checkpointing(model)
+        forward = apply_client_options_(model, settings.fedpft)  # backbone dropout, shared LoRA mask, compile
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
         start = time.perf_counter()
@@ -105,7 +110,7 @@ class FedPFTTrainer(ClientTrainer):
         for _ in range(settings.epochs):
             for batch in train_data:
                 batch = {k: v.to(device) for k, v in batch.items()}
-                loss = model(**batch).loss
+                loss = forward(**batch).loss
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
