@@ -213,6 +213,8 @@ def _fresh_ffn_(layer: nn.Module, spec: ArchSpec, width: int) -> None:
         d_in, d_out = (linear.in_features, width) if axis == 0 else (width, linear.out_features)
         fresh = nn.Linear(d_in, d_out, bias=linear.bias is not None, device=linear.weight.device,
                           dtype=linear.weight.dtype)
+        for name, parameter in fresh.named_parameters():  # frozen stays frozen (a LoRA-wrapped client)
+            parameter.requires_grad_(getattr(linear, name).requires_grad)
         set_layer_module(layer, path, fresh)
 
 
