@@ -63,7 +63,7 @@ def layer_sensitivity(model: nn.Module, batches: Sequence[Batch], keep: Mapping[
     spec = arch_of(model)
     layers = find_layers(model)
     try:
-        reference = [hidden_states(model, batch, device) for batch in batches]
+        reference = [hidden_states(model, batch, device)[-1:] for batch in batches]  # the final hidden state
         result = {}
         for index, kept in keep.items():
             layer = layers[index]
@@ -73,7 +73,7 @@ def layer_sensitivity(model: nn.Module, batches: Sequence[Batch], keep: Mapping[
                     set_layer_module(layer, path, module)
                 total = 0.0
                 for batch, target in zip(batches, reference):
-                    output = hidden_states(model, batch, device)
+                    output = hidden_states(model, batch, device)[-1:]
                     total += output_loss(target, output, _valid_mask(batch, target[0])).item()
             finally:
                 for path, module in originals.items():
