@@ -4,7 +4,7 @@
     python benchmarks/client-cost/base_options.py cost --model mpnet-base --examples 16 --batch-size 8 --rounds 2
     # accuracy effect: fixed-seed local training of a sub-FM client (real FM weights, weight-saliency sub-FM,
     # no alignment), one epoch, then the sub-FM's test accuracy; per option set and seed
-    python benchmarks/client-cost/base_options.py accuracy --model minilm-l6 --train 400 --test 300 --seeds 0 1
+    python benchmarks/client-cost/base_options.py accuracy --model minilm-l6 --train 400 --test 300 --epochs 2 --lr 2e-3 --seeds 0 1
 
 Each writes one JSON line per measurement to --out (appending) and prints a table of medians and ranges.
 """
@@ -86,7 +86,7 @@ def accuracy(args) -> list:
             forward = apply_client_options_(client, config)
             client.train()
             params = [p for p in client.parameters() if p.requires_grad]
-            optimizer = torch.optim.AdamW(params, lr=8e-4, weight_decay=0.0)
+            optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
             loader = make_loader(train_x, task.train_labels, collator=collator, batch_size=8, shuffle=True, seed=seed)
             torch.manual_seed(seed)
             start = time.perf_counter()
@@ -99,7 +99,7 @@ def accuracy(args) -> list:
             seconds = time.perf_counter() - start
             result = evaluate(client, test)
             row = {"what": "accuracy", "options": name, "seed": seed, "model": args.model, "task": args.task,
-                   "train": len(task.train_labels), "test": len(task.test_labels), "epochs": args.epochs,
+                   "train": len(task.train_labels), "test": len(task.test_labels), "epochs": args.epochs, "lr": args.lr,
                    "accuracy": result["accuracy"], "test_loss": result["loss"], "train_seconds": seconds}
             rows.append(row)
             _append(args.out, row)
@@ -150,6 +150,7 @@ def main() -> int:
     parser.add_argument("--train", type=int, default=400)
     parser.add_argument("--test", type=int, default=300)
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=8e-4, help="client learning rate (accuracy)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--out", default=str(Path(__file__).with_name("base_options.jsonl")))
     args = parser.parse_args()
