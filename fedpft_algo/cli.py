@@ -190,6 +190,7 @@ def _add_compress_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="fedpft_KEY=VALUE",
                         dest="overrides", help="FedPFT settings, e.g. --set fedpft_layer_align_steps=300 "
                                                "fedpft_ffn_keep_ratio=0.5 (or repeat --set)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data sample, shuffling and head (default 0)")
     parser.add_argument("--out", metavar="DIR", help="also write DIR/compress_report.json")
 
 
@@ -200,7 +201,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 
     values = dict(parse_override(item) for item in args.overrides)
     config = FedPFTConfig.from_dict(values, prefix="fedpft_")
-    result = compress_report(args.model, dataset=args.dataset, config=config,
+    result = compress_report(args.model, dataset=args.dataset, config=config, seed=args.seed,
                              out=Path(args.out) if args.out else None)
     print(format_report(result))
     return EXIT_OK

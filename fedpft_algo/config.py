@@ -35,6 +35,8 @@ _registry = None  # (known_methods, get_method) of fedpft_algo.methods, once it 
 STATISTICS = ("apoz", "mean_abs")
 AGGREGATIONS = ("weighted", "uniform")
 PRECISIONS = ("fp32", "bf16", "fp16")   # fedpft_precision: see fedpft_algo.core.precision
+SALIENCIES = ("weight", "activation")
+LAYER_KEEPS = ("uniform", "sensitivity")
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,12 @@ class FedPFTConfig:
     ffn_keep_ratio: float = 0.25
     # Layers copied whole. Negative indices count from the end: (0, -1) = first and last.
     retained_layers: Tuple[int, ...] = (0, -1)
+    # Neuron saliency: "weight" (the paper: weight norms, no data) or "activation" (the weight norm
+    # times the neuron's mean |activation| on the server's public data, as Wanda does).
+    saliency: str = "weight"
+    # Per-layer keep ratios: "uniform" (the paper) or "sensitivity" (each compressed layer's share of the
+    # same total FFN budget set by its measured sensitivity on public data, bounded to [0.1, 0.9]).
+    layer_keep: str = "uniform"
 
     # --- client fine-tuning: LoRA on attention Q, K, V, O of every layer + the task head
     lora_r: int = 8
@@ -57,6 +65,13 @@ class FedPFTConfig:
     gradient_checkpointing: bool = False
     # How the server averages client uploads: by sample count (the paper) or a plain mean.
     aggregation: str = "weighted"
+    # The frozen backbone's own dropout (hidden, attention) on clients; false = those probabilities 0
+    # (LoRA dropout stays).
+    client_backbone_dropout: bool = True
+    # One LoRA dropout mask per layer input shared by Q, K and V (they read the same input).
+    shared_lora_dropout: bool = False
+    # torch.compile of the client model (compiles once per process, then faster steps where it pays).
+    compile: bool = False
 
     # --- layer-level alignment, on the server before FL (paper: 5 epochs of public data;
     # here a step budget sized for the machine)
@@ -66,6 +81,9 @@ class FedPFTConfig:
     layer_align_warmup_ratio: float = 0.05
     layer_align_weight_decay: float = 0.01
     align_max_grad_norm: float = 1.0
+    # Weight of an output-level term (the final hidden state's normalised MSE) beside the per-layer
+    # loss in layer-level alignment (0: the paper's per-layer loss alone).
+    align_output_weight: float = 0.0
 
     # --- neuron-level alignment, on the server every ``align_interval`` rounds
     align_interval: int = 10          # t
@@ -109,6 +127,8 @@ class FedPFTConfig:
         _check_choice("align_statistic", self.align_statistic, STATISTICS)
         _check_choice("aggregation", self.aggregation, AGGREGATIONS)
         _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("saliency", self.saliency, SALIENCIES)
+        _check_choice("layer_keep", self.layer_keep, LAYER_KEEPS)
         _check_range("ffn_keep_ratio", self.ffn_keep_ratio, 0.0, 1.0, "a number in (0, 1]", low_open=True)
         _check_range("align_update_ratio", self.align_update_ratio, 0.0, 1.0, "a number in (0, 1]", low_open=True)
         _check_range("lora_dropout", self.lora_dropout, 0.0, 1.0, "a number in [0, 1)", high_open=True)
@@ -132,8 +152,9 @@ class FedPFTConfig:
             raise _error("dp_noise_multiplier", self.dp_noise_multiplier,
                          "0 unless fedpft_dp_clip_norm > 0 (noise is calibrated to the clipping norm)")
         _check_range("dp_delta", self.dp_delta, 0.0, 1.0, "a number in (0, 1)", low_open=True, high_open=True)
-        if self.layer_align_weight_decay < 0:
-            raise _error("layer_align_weight_decay", self.layer_align_weight_decay, "a number >= 0")
+        for name in ("layer_align_weight_decay", "align_output_weight"):
+            if getattr(self, name) < 0:
+                raise _error(name, getattr(self, name), "a number >= 0")
         if len(set(self.retained_layers)) != len(self.retained_layers):
             raise _error("retained_layers", list(self.retained_layers), "distinct layer indices")
 

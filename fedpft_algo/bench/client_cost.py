@@ -107,9 +107,11 @@ def _client_model(kind: str, model_config, config):
 
 
 def _optimiser_step(kind: str, client, learning_rate: float, full_learning_rate: float, fedprox_mu: float,
-                    device="cpu", precision: str = "fp32"):
+                    device="cpu", precision: str = "fp32", forward=None):
     """(trained parameters, one training step on a batch), as the client of ``kind`` trains (on ``device``,
-    under ``precision``'s autocast and, for fp16, its gradient scaler, as FedPFTTrainer does)."""
+    under ``precision``'s autocast and, for fp16, its gradient scaler, as FedPFTTrainer does); ``forward``:
+    what computes the loss (default ``client``; its compiled forward with ``fedpft_compile``)."""
+    forward = forward or client
     import torch
 
     from ..core.precision import autocast_for, backward_step, grad_scaler
@@ -125,7 +127,7 @@ def _optimiser_step(kind: str, client, learning_rate: float, full_learning_rate:
     def step(batch):
         batch = {k: v.to(device) for k, v in batch.items()}
         with autocast_for(device, precision):
-            loss = client(**batch).loss
+            loss = forward(**batch).loss
         if anchor is not None:  # FedProx: mu/2 ||w - w_global||^2 over every parameter
             loss = loss + sum((fedprox_mu / 2) * (p - a).pow(2).sum() for p, a in zip(params, anchor))
         optimizer.zero_grad(set_to_none=True)
@@ -165,11 +167,18 @@ def probe(model: str, kind: str, task: str, *, examples: int = 64, batch_size: i
         from ..core.lora import enable_gradient_checkpointing
 
         enable_gradient_checkpointing(client)
+    forward = client
+    if kind not in _FULL_MODEL_KINDS:  # the client-cost options, as FedPFTTrainer applies them
+        from ..core.client_speed import apply_client_options_
+
+        forward = apply_client_options_(client, config)
     built_rss = current_rss_mb()
     client.to(device).train()
     params, step = _optimiser_step(kind, client, learning_rate, full_learning_rate, fedprox_mu, device,
-                                   config.precision)
-    step(next(iter(loader)))  # warm-up (allocations, lazy init); not timed
+                                   config.precision, forward)
+    warm = time.perf_counter()
+    step(next(iter(loader)))  # warm-up (allocations, lazy init, compilation); not timed
+    warmup_seconds = time.perf_counter() - warm
     times, peaks = [], []
     tokens = sum(batch_tokens(batch) or 0 for batch in loader)
     for _ in range(max(1, repeats)):
@@ -187,6 +196,7 @@ def probe(model: str, kind: str, task: str, *, examples: int = 64, batch_size: i
     return {
         "model": model, "kind": kind, "task": task, "examples": len(data.train_labels), "steps": steps,
         "batch_size": batch_size, "max_length": max_length, "epoch_seconds": seconds, "epoch_seconds_all": times,
+        "warmup_step_seconds": warmup_seconds,
         "peak_rss_mb": peak_rss_mb(), "base_rss_mb": base_rss, "built_rss_mb": built_rss,
         "device": str(device), "precision": config.precision,
         "peak_device_mem_mb": None if peaks[0] is None else max(peaks),   # None: not a CUDA device

@@ -43,10 +43,11 @@ def compress_report(model: str = "minilm-l6", *, dataset: str = "rotten_tomatoes
     train = make_loader(features, indices=range(n_eval, len(features)), collator=collator,
                         batch_size=config.layer_align_batch_size, shuffle=True, seed=seed)
     built = time.perf_counter()
-    sub_model, keep_index = build_sub_model(full_model, config)
+    sub_model, keep_index = build_sub_model(full_model, config, train)
     build_seconds = time.perf_counter() - built
     layers = config.compressed_layers(num_layers(full_model.config))
-    report = align_layers_(full_model, sub_model, train, eval_batches, layers, **layer_align_options(config))
+    report = align_layers_(full_model, sub_model, train, eval_batches, layers, **layer_align_options(config),
+                           output_weight=config.align_output_weight)
     seq = config.max_length
     result = {
         "model": model, "model_type": full_model.config.model_type, "public_dataset": config.public_dataset or default_public_name(task),
@@ -57,6 +58,8 @@ def compress_report(model: str = "minilm-l6", *, dataset: str = "rotten_tomatoes
         "kept_neurons": {str(k): len(v) for k, v in keep_index.items()},
         "layer_loss_before": {str(k): v for k, v in report.loss_before.items()},
         "layer_loss_after": {str(k): v for k, v in report.loss_after.items()},
+        "layer_loss_mean_before": report.mean_before, "layer_loss_mean_after": report.mean_after,
+        "output_loss_before": report.output_before, "output_loss_after": report.output_after,
         "alignment_steps": report.steps, "alignment_seconds": report.seconds,
         "build_seconds": build_seconds, "wall_seconds": time.perf_counter() - start,
     }
@@ -82,5 +85,7 @@ def format_report(result: dict) -> str:
     ]
     for layer, before in result["layer_loss_before"].items():
         lines.append(f"{layer:>5}  {before:11.4f}  {result['layer_loss_after'][layer]:10.4f}")
+    lines.append(f" mean  {result['layer_loss_mean_before']:11.4f}  {result['layer_loss_mean_after']:10.4f}")
+    lines.append(f"final hidden state loss {result['output_loss_before']:.4f} -> {result['output_loss_after']:.4f}")
     lines.append(f"wall time {result['wall_seconds']:.1f}s")
     return "\n".join(lines)

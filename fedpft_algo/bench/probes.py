@@ -25,7 +25,7 @@ PROBES_JSON = "probes.json"
 
 # The settings that change what one client's local epoch costs (the rest: alignment, rounds, learning rate)
 _CLIENT_COST_FIELDS = ("ffn_keep_ratio", "retained_layers", "lora_r", "lora_dropout", "gradient_checkpointing",
-                       "max_length", "precision")
+                       "max_length", "precision", "client_backbone_dropout", "shared_lora_dropout", "compile")
 
 
 def _client_cost_settings(config) -> Dict[str, Any]:

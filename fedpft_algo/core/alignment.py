@@ -57,6 +57,8 @@ class AlignmentReport:
     loss_before: Dict[int, float]                # per compressed layer, on the held-out batches
     loss_after: Dict[int, float]
     changed: List[str] = field(default_factory=list)  # sub-FM state_dict names that were trained
+    output_before: Optional[float] = None        # final hidden state's normalised MSE (layer-level only)
+    output_after: Optional[float] = None
 
     @property
     def mean_before(self) -> float:
@@ -93,6 +95,24 @@ def layer_losses(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor
         assert t.shape == s.shape, f"layer {index}: teacher {tuple(t.shape)} vs student {tuple(s.shape)}"
         losses[index] = (t - s).pow(2).mean() / t.pow(2).mean().clamp_min(1e-12)
     return losses
+
+
+def output_loss(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+    """Teacher-RMS-normalised MSE of the final hidden state (the last layer's output)."""
+    last = len(teacher) - 1
+    return layer_losses(teacher, student, mask, [last])[last]
+
+
+@torch.no_grad()
+def evaluate_output(teacher: nn.Module, student: nn.Module, batches: Sequence[Batch], device,
+                    precision: str = "fp32") -> float:
+    total = 0.0
+    for batch in batches:
+        with autocast_for(device, precision):
+            t, s = hidden_states(teacher, batch, device), hidden_states(student, batch, device)
+        t, s = [h.float() for h in t], [h.float() for h in s]
+        total += output_loss(t, s, _valid_mask(batch, t[0])).item()
+    return total / max(1, len(batches))
 
 
 @torch.no_grad()
@@ -134,7 +154,7 @@ def _ffn_parameters(model: nn.Module, layers: Sequence[int]) -> List[Tuple[str, 
 def _distil(teacher: nn.Module, student: nn.Module, params: List[nn.Parameter], batches: Iterable[Batch],
             layers: Sequence[int], *, steps: int, lr: float, weight_decay: float, warmup_ratio: float,
             max_grad_norm: float, device, desc: str, after_step=None, progress: Optional[Progress] = None,
-            precision: str = "fp32") -> int:
+            precision: str = "fp32", output_weight: float = 0.0) -> int:
     from transformers import get_linear_schedule_with_warmup
 
     progress = progress or _PROGRESS.get()
@@ -156,6 +176,8 @@ def _distil(teacher: nn.Module, student: nn.Module, params: List[nn.Parameter], 
             target, output = [h.float() for h in target], [h.float() for h in output]
             losses = layer_losses(target, output, _valid_mask(batch, target[0]), layers)
             loss = torch.stack(list(losses.values())).mean()
+            if output_weight > 0:  # the output-level term (fedpft_align_output_weight)
+                loss = loss + output_weight * output_loss(target, output, _valid_mask(batch, target[0]))
             optimizer.zero_grad(set_to_none=True)
             backward_step(loss, optimizer, scaler, params, max_grad_norm)
             scheduler.step()
@@ -205,20 +227,25 @@ class _OnlyTrain:
 def align_layers_(full_model: nn.Module, sub_model: nn.Module, batches: Iterable[Batch],
                   eval_batches: Sequence[Batch], layers: Sequence[int], *, steps: int, lr: float = 6e-4,
                   weight_decay: float = 0.01, warmup_ratio: float = 0.05, max_grad_norm: float = 1.0,
-                  device="cpu", progress: Optional[Progress] = None, precision: str = "fp32") -> AlignmentReport:
+                  device="cpu", progress: Optional[Progress] = None, precision: str = "fp32",
+                  output_weight: float = 0.0) -> AlignmentReport:
     """Layer-level alignment of ``sub_model`` to ``full_model`` in place (teacher frozen); ``progress``
-    (default: the one set by :func:`reporting`) is told each step."""
+    (default: the one set by :func:`reporting`) is told each step; ``output_weight``: the weight of the
+    final hidden state's loss beside the per-layer loss."""
     start = time.perf_counter()
     full_model.eval()
     before = evaluate_alignment(full_model, sub_model, eval_batches, layers, device, precision)
+    output_before = evaluate_output(full_model, sub_model, eval_batches, device, precision)
     items = _ffn_parameters(sub_model, layers)
     params = [p for _, p, _ in items]
     with _OnlyTrain(sub_model, params):
         done = _distil(full_model, sub_model, params, batches, layers, steps=steps, lr=lr,
                        weight_decay=weight_decay, warmup_ratio=warmup_ratio, max_grad_norm=max_grad_norm,
-                       device=device, desc="layer-level alignment", progress=progress, precision=precision)
+                       device=device, desc="layer-level alignment", progress=progress, precision=precision,
+                       output_weight=output_weight)
     after = evaluate_alignment(full_model, sub_model, eval_batches, layers, device, precision)
-    report = AlignmentReport("layer", done, time.perf_counter() - start, before, after, [n for n, _, _ in items])
+    report = AlignmentReport("layer", done, time.perf_counter() - start, before, after, [n for n, _, _ in items],
+                             output_before, evaluate_output(full_model, sub_model, eval_batches, device, precision))
     logger.info("layer-level alignment: %d steps, loss %.4f -> %.4f (%.1fs)",
                 done, report.mean_before, report.mean_after, report.seconds)
     return report

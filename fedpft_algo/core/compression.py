@@ -13,6 +13,7 @@ client can build the same skeleton from configuration alone and load tensors it 
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -102,29 +103,81 @@ def resize_ffn_(model: nn.Module, widths: Sequence[int]) -> None:
     model.config.update({WIDTHS_ATTR: list(widths)})
 
 
-def build_sub_model(full_model: nn.Module, config: FedPFTConfig) -> Tuple[nn.Module, KeepIndex]:
+def build_sub_model(full_model: nn.Module, config: FedPFTConfig, batches: Optional[Sequence] = None,
+                    device="cpu") -> Tuple[nn.Module, KeepIndex]:
     """Compress ``full_model`` (untouched) into a sub-FM.
 
     Returns ``(sub_model, keep_index)``; ``keep_index[l]`` is the sorted LongTensor of the FM
-    neurons that compressed layer ``l`` keeps.
+    neurons that compressed layer ``l`` keeps. ``batches`` (public data, on the server) are needed by
+    the data-aware rules ``config.saliency == "activation"`` and ``config.layer_keep == "sensitivity"``
+    (:mod:`.saliency`); the paper's rules read weights only.
     """
+    from . import saliency as rules
+
     spec = arch_of(full_model)
     sub_model = copy.deepcopy(full_model)
     widths = sub_model_widths(full_model.config, config)
-    keep_index: KeepIndex = {}
-    for index, layer in enumerate(find_layers(sub_model)):
-        w_in = layer_linear(layer, spec.ffn_in).weight
-        if widths[index] == w_in.shape[0]:
-            continue  # retained layer (or ratio 1.0): copied whole
-        w_out = layer_linear(layer, spec.ffn_out).weight
+    compressed = [i for i, width in enumerate(widths) if width != ffn_size(full_model.config)]
+    data_aware = config.saliency != "weight" or config.layer_keep != "uniform"
+    if data_aware and compressed:
+        if not batches:
+            raise ValueError(f"fedpft_saliency={config.saliency!r} / fedpft_layer_keep={config.layer_keep!r} "
+                             "need public batches to build the sub-FM")
+        batches = list(itertools.islice(iter(batches), rules.CALIBRATION_BATCHES))
+    layers = find_layers(sub_model)
+    scores = {}
+    activity = (rules.mean_abs_activations(sub_model, batches, compressed, device)
+                if config.saliency == "activation" and compressed else {})
+    for index in compressed:
+        layer = layers[index]
         w_gate = layer_linear(layer, spec.ffn_gate).weight if spec.ffn_gate else None
-        keep = select_neurons(neuron_saliency(w_in, w_out, w_gate), widths[index]).cpu()
-        slice_ffn_(layer, spec, keep)
+        scores[index] = neuron_saliency(layer_linear(layer, spec.ffn_in).weight,
+                                        layer_linear(layer, spec.ffn_out).weight, w_gate).cpu()
+        if index in activity:
+            scores[index] = scores[index] * activity[index].to(scores[index].dtype)
+    if config.layer_keep == "sensitivity" and compressed:
+        uniform = {index: select_neurons(scores[index], widths[index]) for index in compressed}
+        sensitivity = rules.layer_sensitivity(sub_model, batches, uniform,
+                                              lambda layer, keep: _sliced_ffn(layer, keep, spec), device)
+        allocated = rules.allocate_widths(sensitivity, kept_width(config, ffn_size(full_model.config)),
+                                          ffn_size(full_model.config))
+        widths = [allocated.get(i, width) for i, width in enumerate(widths)]
+        logger.info("sub-FM: layer sensitivities %s -> FFN widths %s",
+                    {i: round(v, 5) for i, v in sensitivity.items()}, widths)
+    keep_index: KeepIndex = {}
+    for index in compressed:
+        keep = select_neurons(scores[index], widths[index])
+        slice_ffn_(layers[index], spec, keep)
         keep_index[index] = keep
     sub_model.config.update({WIDTHS_ATTR: widths})
     logger.info("sub-FM: %d -> %d parameters; FFN widths %s",
                 count_parameters(full_model), count_parameters(sub_model), widths)
     return sub_model, keep_index
+
+
+def _sliced_ffn(layer: nn.Module, keep: torch.Tensor, spec: ArchSpec) -> Dict[str, nn.Module]:
+    """One layer's FFN projections sliced to neurons ``keep``, by path (the layer itself unchanged)."""
+    return {path: _sliced_linear(linear, keep, axis) for path, linear, axis in _ffn_linears(layer, spec)}
+
+
+def match_ffn_widths_(model: nn.Module, widths: Sequence[int]) -> bool:
+    """Give every layer of a skeleton the FFN width ``widths[l]`` (fresh weights where it differs), in place.
+
+    A client's skeleton is built at the uniform widths from the FM's config; with per-layer widths the
+    server's first payload names the sub-FM's (a control tensor) and the client calls this before loading
+    it. Returns whether anything changed.
+    """
+    spec = arch_of(model)
+    layers = find_layers(model)
+    if len(widths) != len(layers):
+        raise ValueError(f"{len(widths)} FFN widths for a model of {len(layers)} layers")
+    changed = False
+    for layer, width in zip(layers, widths):
+        if layer_linear(layer, spec.ffn_in).out_features != int(width):
+            _fresh_ffn_(layer, spec, int(width))
+            changed = True
+    model.config.update({WIDTHS_ATTR: [int(w) for w in widths]})
+    return changed
 
 
 def build_sub_model_skeleton(model_config, config: Optional[FedPFTConfig] = None, *, model_class=None) -> nn.Module:
@@ -160,6 +213,8 @@ def _fresh_ffn_(layer: nn.Module, spec: ArchSpec, width: int) -> None:
         d_in, d_out = (linear.in_features, width) if axis == 0 else (width, linear.out_features)
         fresh = nn.Linear(d_in, d_out, bias=linear.bias is not None, device=linear.weight.device,
                           dtype=linear.weight.dtype)
+        for name, parameter in fresh.named_parameters():  # frozen stays frozen (a LoRA-wrapped client)
+            parameter.requires_grad_(getattr(linear, name).requires_grad)
         set_layer_module(layer, path, fresh)
 
 

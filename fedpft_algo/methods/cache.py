@@ -28,6 +28,11 @@ logger = logging.getLogger(__name__)
 _KEY_FIELDS = ("ffn_keep_ratio", "retained_layers", "layer_align_steps", "layer_align_batch_size",
                "layer_align_lr", "layer_align_warmup_ratio", "layer_align_weight_decay", "align_max_grad_norm",
                "public_dataset", "public_size", "max_length")
+# Sub-FM options added later join the key only when they differ from their defaults, so that the entries
+# cached before they existed (all at the defaults) keep their keys.
+# fields that join the key only when they differ from their default: the keys of caches written before
+# they existed stay valid
+_KEY_FIELDS_IF_SET = {"saliency": "weight", "layer_keep": "uniform", "align_output_weight": 0.0, "precision": "fp32"}
 
 
 def weights_fingerprint(model: nn.Module) -> str:
@@ -48,8 +53,8 @@ def layer_align_options(config: FedPFTConfig) -> dict:
 
 def cache_key(full_model: nn.Module, config: FedPFTConfig, extra: str = "") -> str:
     settings = {name: getattr(config, name) for name in _KEY_FIELDS}
-    if config.precision != "fp32":  # fp32 keys stay those of the caches written before the precision key
-        settings["precision"] = config.precision
+    settings.update({name: getattr(config, name) for name, default in _KEY_FIELDS_IF_SET.items()
+                     if getattr(config, name) != default})
     blob = json.dumps([weights_fingerprint(full_model), settings, extra], sort_keys=True, default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 

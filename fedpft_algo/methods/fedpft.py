@@ -40,7 +40,7 @@ class FedPFT(Method):
 
     def build_proxy(self, full_model, config, public_batches, eval_batches, *, cache_dir=None, cache_extra="",
                     device="cpu") -> Proxy:
-        sub_model, _ = build_sub_model(full_model, config)
+        sub_model, _ = build_sub_model(full_model, config, public_batches, device=device)
         if not self.layer_alignment(config):
             return Proxy(sub_model)
         layers = config.compressed_layers(num_layers(full_model.config))
@@ -49,7 +49,8 @@ class FedPFT(Method):
             full_model.to(device)
             sub_model.to(device)
             return align_layers_(full_model, sub_model, public_batches, eval_batches, layers,
-                                 **layer_align_options(config), device=device)
+                                 **layer_align_options(config), device=device,
+                                 output_weight=config.align_output_weight)
 
         path = None
         if cache_dir is not None:

@@ -37,7 +37,7 @@ from ..core.evaluate import evaluate
 from ..core.device_cost import device_name
 from ..core.gradient_error import GradientProbe, probe_batch
 from ..core.lora import add_lora, is_trainable_name, plug_in_, trainable_state
-from .payload import METRICS_PREFIX, control, load_payload_, nbytes, split_prefixed
+from .payload import METRICS_PREFIX, control, load_payload_, nbytes, split_prefixed, widths_control
 from ..core.privacy import epsilon
 from ..methods import get_method
 from ..rundir.hf_export import save_adapter
@@ -96,6 +96,7 @@ class FedPFTAggregator(ServerAggregator):
         if self.settings.resume_checkpoint is not None:
             self._restore(self.settings.resume_checkpoint)
         self.payload = OrderedDict(self.sub_model.state_dict())
+        self.payload.update(widths_control(self.sub_model))  # per-layer widths for the clients' skeletons
         self.payload.update(control(self.round_idx, self.config.is_alignment_round(self.round_idx,
                                                                                    self.settings.comm_round)))
         self.prepare_seconds = time.perf_counter() - start

@@ -4,7 +4,9 @@ Server -> client (an ``OrderedDict`` of tensors, FedML's model-parameter message
   * round 0: every tensor of the sub-FM (frozen weights, LoRA init, head) - never the FM's;
   * later rounds: the aggregated LoRA + head, plus the sub-FM tensors that neuron-level
     alignment changed;
-  * control scalars under ``__fedpft__.`` (the round, whether to collect activation counts).
+  * control scalars under ``__fedpft__.`` (the round, whether to collect activation counts; in the
+    first payload also the sub-FM's per-layer FFN widths, which a client's skeleton must take on
+    before loading it when they are not the uniform ones, ``fedpft_layer_keep: sensitivity``).
 Client -> server: LoRA + head tensors, activation counts in alignment rounds
 (``__fedpft_stats__.``) and a few training scalars (``__fedpft_metrics__.``): never data.
 """
@@ -20,6 +22,7 @@ CONTROL_PREFIX = "__fedpft__."
 METRICS_PREFIX = "__fedpft_metrics__."
 COLLECT_STATS = CONTROL_PREFIX + "collect_stats"
 ROUND = CONTROL_PREFIX + "round"
+FFN_WIDTHS = CONTROL_PREFIX + "ffn_widths"
 
 
 def nbytes(tensors: Mapping[str, torch.Tensor]) -> int:
@@ -36,6 +39,14 @@ def split_prefixed(tensors: Mapping[str, torch.Tensor], prefix: str):
 
 def control(round_idx: int, collect_stats: bool) -> "OrderedDict[str, torch.Tensor]":
     return OrderedDict([(ROUND, torch.tensor([round_idx])), (COLLECT_STATS, torch.tensor([int(collect_stats)]))])
+
+
+def widths_control(model: nn.Module) -> "OrderedDict[str, torch.Tensor]":
+    """The first payload's FFN widths control (empty for a proxy that records none, e.g. the FM)."""
+    from ..core.compression import WIDTHS_ATTR
+
+    widths = getattr(model.config, WIDTHS_ATTR, None)
+    return OrderedDict([(FFN_WIDTHS, torch.tensor(list(widths), dtype=torch.int64))] if widths else [])
 
 
 def load_payload_(model: nn.Module, tensors: Mapping[str, torch.Tensor], *, require_all: bool = False) -> Tuple[str, ...]:

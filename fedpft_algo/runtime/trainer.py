@@ -18,6 +18,8 @@ import torch
 
 from ..compat import load_fedml
 from ..core.device_cost import batch_tokens, device_code, peak_device_mb, reset_peak, synchronize
+from ..core.client_speed import apply_client_options_
+from ..core.compression import match_ffn_widths_
 from ..core.lora import enable_gradient_checkpointing, trainable_state
 from ..core.precision import autocast_for, backward_step, grad_scaler
 from ..core.privacy import clip_and_noise
@@ -67,6 +69,8 @@ class FedPFTTrainer(ClientTrainer):
 
     def set_model_params(self, model_parameters):
         tensors, controls = split_prefixed(model_parameters, CONTROL_PREFIX)
+        if not self.initialised and "ffn_widths" in controls:  # the sub-FM's per-layer widths (first payload)
+            match_ffn_widths_(self.model, controls["ffn_widths"].tolist())
         load_payload_(self.model, tensors, require_all=not self.initialised)
         self.initialised = True
         self.received = trainable_state(self.model)  # the round's starting point (for DP clipping)
@@ -101,6 +105,7 @@ class FedPFTTrainer(ClientTrainer):
         model.train()
         if settings.fedpft.gradient_checkpointing:
             enable_gradient_checkpointing(model)
+        forward = apply_client_options_(model, settings.fedpft)  # backbone dropout, shared LoRA mask, compile
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
         scaler = grad_scaler(device, precision)
@@ -112,7 +117,7 @@ class FedPFTTrainer(ClientTrainer):
                 tokens += batch_tokens(batch) or 0
                 batch = {k: v.to(device) for k, v in batch.items()}
                 with autocast_for(device, precision):
-                    loss = model(**batch).loss
+                    loss = forward(**batch).loss
                 optimizer.zero_grad(set_to_none=True)
                 backward_step(loss, optimizer, scaler)
                 losses.append(loss.item())

@@ -293,7 +293,8 @@ def test_tasks_option_selects_vision_cells_too(tmp_path):
 SHIPPED = Path(__file__).resolve().parents[2] / "fedml_config"
 
 
-@pytest.mark.parametrize("name, cells", [("bench", 72), ("bench_study", 7), ("bench_budget", 14), ("bench_lr", 48)])
+@pytest.mark.parametrize("name, cells", [("bench", 72), ("bench_study", 7), ("bench_budget", 14), ("bench_lr", 48),
+                                         ("bench_variants", 28)])
 def test_shipped_bench_yamls_load_and_plan(name, cells):
     spec = load_spec(SHIPPED / f"{name}.yaml")
 

@@ -73,3 +73,18 @@ def test_the_precision_keys_its_own_aligned_sub_fm_and_fp32_keeps_the_old_key():
     assert cache_key(model, config, "x") == before
     keys = {p: cache_key(model, FedPFTConfig(precision=p), "x") for p in ("fp32", "bf16", "fp16")}
     assert len(set(keys.values())) == 3
+
+
+def test_the_sub_fm_options_join_the_cache_key_only_when_set(make_tiny_model):
+    from fedpft_algo.config import FedPFTConfig
+    from fedpft_algo.methods.cache import cache_key
+
+    fm = make_tiny_model("bert")
+    default = cache_key(fm, FedPFTConfig())
+    variants = [FedPFTConfig(saliency="activation"), FedPFTConfig(layer_keep="sensitivity"),
+                FedPFTConfig(align_output_weight=0.5)]
+    keys = {cache_key(fm, config) for config in variants}
+
+    assert len(keys) == 3 and default not in keys
+    # the client-only options do not change the aligned sub-FM, so they share its entry
+    assert cache_key(fm, FedPFTConfig(client_backbone_dropout=False, shared_lora_dropout=True)) == default
