@@ -36,7 +36,7 @@ from ..compat import load_fedml
 from ..errors import ConfigError
 from ..core.gradient_error import GradientProbe
 from ..core.lora import add_lora, is_trainable_name, plug_in_, trainable_state
-from .payload import METRICS_PREFIX, control, load_payload_, nbytes, split_prefixed
+from .payload import METRICS_PREFIX, control, full_state, load_payload_, nbytes, split_prefixed
 from ..core.privacy import epsilon
 from ..methods import get_method
 from ..rundir.hf_export import save_adapter
@@ -100,7 +100,7 @@ class FedPFTAggregator(ServerAggregator):
             self._prepare_metrics.update(self._zero_shot())
         if self.settings.resume_checkpoint is not None:
             self._restore(self.settings.resume_checkpoint)
-        self.payload = OrderedDict(self.sub_model.state_dict())
+        self.payload = full_state(self.sub_model)
         self.payload.update(control(self.round_idx, self.config.is_alignment_round(self.round_idx,
                                                                                    self.settings.comm_round)))
         self.prepare_seconds = time.perf_counter() - start
@@ -252,7 +252,7 @@ class FedPFTAggregator(ServerAggregator):
         """Everything the next round needs (see :mod:`fedpft_algo.rundir.checkpoint`); None without a run dir."""
         if self.run_dir is None:
             return None
-        tensors = OrderedDict(self.sub_model.state_dict())
+        tensors = full_state(self.sub_model)
         tensors.update(("fm." + k, v) for k, v in trainable_state(self.model).items())
         tensors["rng.server_generator"] = self.generator.get_state()
         config = self.run_config
