@@ -37,7 +37,6 @@ from ..errors import ConfigError
 from ..core.device_cost import device_name
 from ..core.gradient_error import GradientProbe
 from ..core.lora import add_lora, is_trainable_name, plug_in_, trainable_state
-from ..core.precision import autocast_for
 from .payload import METRICS_PREFIX, control, full_state, load_payload_, nbytes, split_prefixed, widths_control
 from ..core.privacy import epsilon
 from ..methods import get_method
