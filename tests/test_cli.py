@@ -129,7 +129,7 @@ BAD_INPUTS = {  # id -> (make the config file, extra CLI args, what stderr must 
                             r"checkpoint round-0001\.json was written by another config than .*config\.yaml"),
     "resume finished": (lambda t: _stopped_run(t, rounds_done=8), [], r"the run already finished all 8 rounds"),
     "resume with --set": (lambda t: _stopped_run(t), ["--set", "comm_round=9"],
-                          r"--resume RUN_DIR takes the run's own config: drop --cf, --set and --out"),
+                          r"--resume RUN_DIR takes the run's own config: drop --cf, --set, --out and --hostfile"),
     "neither --cf nor --resume": (lambda t: [], [], r"fedpft run needs --cf FILE \(a FedML yaml\) or --resume"),
     "data file missing": (lambda t: config_with(t, data_args={"dataset": str(t / "reviews.csv")}), [],
                           r"data file or directory not found: .*reviews\.csv"),
