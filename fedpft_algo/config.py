@@ -32,7 +32,11 @@ PREFIX = "fedpft_"
 # name, a method registered at run time too, and the properties below ask the config's method.
 METHODS = ("fedpft", "fedpft_n", "fedpft_b", "fedpft_d", "fedpetuning", "fedot")
 _registry = None  # (known_methods, get_method) of fedpft_algo.methods, once it has bound itself
-STATISTICS = ("apoz", "mean_abs")
+STATISTICS = ("auto", "apoz", "mean_abs")
+# What clients learn and how the server scores it (fedpft_algo.tasks): "auto" lets the model decide
+# (decoders -> instruction, encoders and ViTs -> classification).
+TASK_KINDS = ("auto", "classification", "instruction", "language_modeling")
+DEFAULT_PROMPT_TEMPLATE = "{text}\nAnswer with one of: {choices}."
 AGGREGATIONS = ("weighted", "uniform")
 
 
@@ -69,7 +73,9 @@ class FedPFTConfig:
     # --- neuron-level alignment, on the server every ``align_interval`` rounds
     align_interval: int = 10          # t
     align_update_ratio: float = 0.5   # p: share of each compressed layer's neurons updated
-    align_statistic: str = "apoz"     # "apoz" (paper) or "mean_abs" (mean |activation|)
+    # "apoz" (paper), "mean_abs" (mean |activation|) or "auto": apoz for encoders (ReLU/GELU FFNs),
+    # mean_abs for decoders (SiLU-gated FFNs: almost no activation is exactly zero, APoZ has no signal)
+    align_statistic: str = "auto"
     neuron_align_steps: int = 20
     neuron_align_batch_size: int = 16
     neuron_align_lr: float = 6e-4
@@ -79,6 +85,13 @@ class FedPFTConfig:
     dp_clip_norm: float = 0.0
     dp_noise_multiplier: float = 0.0
     dp_delta: float = 1e-5
+
+    # --- what clients learn (fedpft_algo.tasks): classification head, instruction answers, or LM
+    task_kind: str = "auto"
+    # instruction tasks: the user's turn ({text}: the input, pairs "first\nsecond"; {choices}: the
+    # answers joined by ", ") and the answer text of each label (() = the label names)
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+    label_answers: Tuple[str, ...] = ()
 
     # --- columns of a generic data set (CSV/JSON/Parquet/HF); () / None = guess
     text_columns: Tuple[str, ...] = ()
@@ -102,6 +115,11 @@ class FedPFTConfig:
         _check_types(self)
         _check_choice("method", self.method, method_names())
         _check_choice("align_statistic", self.align_statistic, STATISTICS)
+        _check_choice("task_kind", self.task_kind, TASK_KINDS)
+        if "{text}" not in self.prompt_template:
+            raise _error("prompt_template", self.prompt_template, "a template with a {text} field (the input)")
+        if any(not a.strip() for a in self.label_answers):
+            raise _error("label_answers", list(self.label_answers), "non-empty answer texts, one per label")
         _check_choice("aggregation", self.aggregation, AGGREGATIONS)
         _check_range("ffn_keep_ratio", self.ffn_keep_ratio, 0.0, 1.0, "a number in (0, 1]", low_open=True)
         _check_range("align_update_ratio", self.align_update_ratio, 0.0, 1.0, "a number in (0, 1]", low_open=True)
@@ -283,8 +301,10 @@ def _check_types(config: FedPFTConfig) -> None:
             if isinstance(value, str):  # one column may be given as a plain string
                 value = (value,)
                 object.__setattr__(config, f.name, value)
-            ok = isinstance(value, tuple) and len(value) <= 2 and all(isinstance(v, str) for v in value)
-            allowed = "one or two column names"
+            ok = isinstance(value, tuple) and all(isinstance(v, str) for v in value)
+            allowed = "a list of strings"
+            if f.name == "text_columns":
+                ok, allowed = ok and len(value) <= 2, "one or two column names"
         elif hint == Tuple[int, ...]:
             ok = isinstance(value, tuple) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
             allowed = "a list of integers"

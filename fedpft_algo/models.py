@@ -217,8 +217,9 @@ def load_model_config(name: str, num_labels: int, cache_dir: Optional[Path] = No
         raise ModelError(f"cannot load model config {name!r}: {str(exc).splitlines()[0]}") from None
 
 
-def load_full_model(name: str, num_labels: int, cache_dir: Optional[Path] = None):
-    """The FM with a freshly initialised task head. Server side only."""
+def load_full_model(name: str, num_labels: int, cache_dir: Optional[Path] = None, *, causal_lm: bool = False):
+    """The FM with a freshly initialised task head (``causal_lm``: the decoder with its own output
+    projection, no task head). Server side only."""
     from .core.arch import get_arch, known_model_types
 
     path = resolve_model_dir(name, cache_dir)
@@ -226,7 +227,7 @@ def load_full_model(name: str, num_labels: int, cache_dir: Optional[Path] = None
     try:
         # a checkpoint may carry a classifier for other labels (ImageNet's 1000 classes, a
         # pre-training task): that head is initialised fresh; any other mismatch is an error
-        model, info = model_class_for(model_config).from_pretrained(
+        model, info = model_class_for(model_config, causal_lm).from_pretrained(
             path, config=model_config, ignore_mismatched_sizes=True, output_loading_info=True)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load model {name!r}: {str(exc).splitlines()[0]}") from None

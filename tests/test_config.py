@@ -14,8 +14,11 @@ def test_config_defaults_are_the_papers():
 
     assert (config.ffn_keep_ratio, config.retained_layers) == (0.25, (0, -1))
     assert (config.lora_r, config.lora_alpha, config.lora_dropout) == (8, 48, 0.1)
-    assert (config.align_interval, config.align_update_ratio, config.align_statistic) == (10, 0.5, "apoz")
+    # "auto": the paper's APoZ on encoders, mean |activation| on decoders (runtime.aggregator resolves it)
+    assert (config.align_interval, config.align_update_ratio, config.align_statistic) == (10, 0.5, "auto")
     assert config.aggregation == "weighted"
+    assert (config.task_kind, config.label_answers) == ("auto", ())
+    assert "{text}" in config.prompt_template and "{choices}" in config.prompt_template
 
 
 def test_config_errors_are_value_errors():
@@ -27,6 +30,10 @@ BAD_VALUES = [
     ("method", "fedavg", "fedpft_method='fedavg'"),
     ("method", None, "fedpft_method=None"),
     ("align_statistic", "zeros", "fedpft_align_statistic='zeros'"),
+    ("task_kind", "chat", "fedpft_task_kind='chat'"),
+    ("prompt_template", "Answer: {choices}", "fedpft_prompt_template='Answer: {choices}'"),
+    ("label_answers", ["yes", " "], "fedpft_label_answers=['yes', ' ']"),
+    ("label_answers", [1, 2], "fedpft_label_answers=(1, 2)"),
     ("aggregation", "median", "fedpft_aggregation='median'"),
     ("ffn_keep_ratio", 0.0, "fedpft_ffn_keep_ratio=0.0"),
     ("ffn_keep_ratio", 1.5, "fedpft_ffn_keep_ratio=1.5"),

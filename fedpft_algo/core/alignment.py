@@ -27,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .arch import arch_of, find_layers, layer_linear
+from .causal_lm import causal_lm_of
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +78,20 @@ def _valid_mask(batch: Batch, hidden: torch.Tensor) -> torch.Tensor:
     return mask.to(hidden.device).bool()
 
 
+def _body(model: nn.Module) -> nn.Module:
+    """What runs the layers: a causal LM's decoder without its output projection (a 49,152-way projection at
+    every position would cost more than a small decoder's layers and feeds no alignment loss), else the model.
+    The decoder builds its causal mask from the attention mask; padding is masked out of the loss."""
+    try:
+        lm = causal_lm_of(model)
+    except TypeError:
+        return model
+    return lm.get_decoder() if type(lm).__name__.endswith("ForCausalLM") else model
+
+
 def hidden_states(model: nn.Module, batch: Batch, device) -> Tuple[torch.Tensor, ...]:
     """Outputs of every layer; ``result[l]`` is the output of layer ``l``."""
-    out = model(**_model_inputs(batch, device), output_hidden_states=True)
+    out = _body(model)(**_model_inputs(batch, device), output_hidden_states=True)
     return tuple(out.hidden_states[1:])
 
 

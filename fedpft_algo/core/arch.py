@@ -31,6 +31,7 @@ class ArchSpec:
     ffn_size_attr: str = "intermediate_size"
     num_layers_attr: str = "num_hidden_layers"
     modality: str = "text"             # "image": pixel inputs and an image-classification head
+    causal: bool = False               # a decoder (causal LM): tuned as one, through its LM head (tasks)
 
 
 _REGISTRY: Dict[str, ArchSpec] = {}
@@ -98,7 +99,7 @@ register_arch("vit", _vit_spec())
 register_arch("llama", ArchSpec(
     layers="layers", attention=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
     ffn_in="mlp.up_proj", ffn_gate="mlp.gate_proj", ffn_out="mlp.down_proj", ffn_norm="post_attention_layernorm",
-    head=("score",)))
+    head=("score",), causal=True))
 
 
 # ---------------------------------------------------------------------- locating modules
@@ -129,11 +130,25 @@ def set_layer_module(layer: nn.Module, path: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-def model_class_for(model_config):
-    """The ``transformers`` auto class with the task head: image classification for image models, sequence
-    classification for everything else (an architecture the registry does not know included)."""
-    from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
+def is_decoder(model_config) -> bool:
+    """Whether the model is a decoder (causal LM): its registry entry says so, or its config does
+    (``is_decoder``, an ``...ForCausalLM`` architecture)."""
+    spec = _REGISTRY.get(model_config.model_type)
+    if spec is not None and spec.causal:
+        return True
+    architectures = getattr(model_config, "architectures", None) or ()
+    return bool(getattr(model_config, "is_decoder", False)) or any(a.endswith("ForCausalLM") for a in architectures)
 
+
+def model_class_for(model_config, causal_lm: bool = False):
+    """The ``transformers`` auto class: the causal LM with its own output projection when ``causal_lm``
+    (decoders tuned on instruction or language-modelling tasks, :mod:`fedpft_algo.tasks`), else the one
+    with a classification head: image classification for image models, sequence classification for
+    everything else (an architecture the registry does not know included)."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageClassification, AutoModelForSequenceClassification
+
+    if causal_lm:
+        return AutoModelForCausalLM
     spec = _REGISTRY.get(model_config.model_type)
     return AutoModelForImageClassification if spec and spec.modality == "image" else AutoModelForSequenceClassification
 

@@ -81,6 +81,9 @@ def _causal_lm(model: nn.Module) -> nn.Module:
     return model
 
 
+causal_lm_of = _causal_lm  # public name: the causal LM inside a wrapper (TypeError for other models)
+
+
 def hidden_states(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """The decoder's last hidden states (after its final norm), without the output projection."""
     lm = _causal_lm(model)
@@ -147,3 +150,57 @@ def perplexity(model: nn.Module, batches: Iterable[Dict[str, torch.Tensor]]) -> 
     if count == 0:
         raise ValueError("no tokens to score")
     return math.exp(total / count)
+
+
+@torch.no_grad()
+def choice_scores(model: nn.Module, contexts: Sequence[Sequence[int]], choices: Sequence[Sequence[int]],
+                  pad_id: int, batch_size: int = 16) -> torch.Tensor:
+    """``(len(contexts), len(choices))``: sum of log p(choice tokens | context) (token ids; lm-eval's rule).
+
+    Every (context, choice) pair is one right-padded row; ``batch_size`` contexts go through the model at
+    once, and the output projection runs only at the positions that predict a choice token.
+    """
+    scores = torch.zeros(len(contexts), len(choices), dtype=torch.float64)
+    for start in range(0, len(contexts), batch_size):
+        chunk = contexts[start:start + batch_size]
+        examples = [{"input_ids": list(c) + list(a), "labels": [IGNORE_INDEX] * len(c) + list(a)}
+                    for c in chunk for a in choices]
+        batch = pad_batch(examples, pad_id)
+        hidden = hidden_states(model, batch["input_ids"], batch["attention_mask"])
+        rows, cols, targets = _label_positions(batch["labels"])
+        logprobs = torch.log_softmax(logits_at(model, hidden, rows, cols).float(), dim=-1)
+        picked = logprobs.gather(1, targets[:, None]).squeeze(1).double()
+        flat = torch.zeros(len(examples), dtype=torch.float64).index_add_(0, rows, picked)
+        scores[start:start + len(chunk)] = flat.view(len(chunk), len(choices))
+    return scores
+
+
+@torch.no_grad()
+def greedy_answer(model: nn.Module, context: Sequence[int], eos_id, max_new_tokens: int = 24) -> List[int]:
+    """Greedy continuation of ``context`` (token ids) until end of sequence or ``max_new_tokens``."""
+    ids = list(context)
+    out: List[int] = []
+    for _ in range(max_new_tokens):
+        input_ids = torch.tensor([ids])
+        hidden = hidden_states(model, input_ids, torch.ones_like(input_ids))
+        token = int(logits_at(model, hidden, torch.tensor([0]), torch.tensor([len(ids) - 1])).argmax(-1))
+        if eos_id is not None and token == eos_id:
+            break
+        ids.append(token)
+        out.append(token)
+    return out
+
+
+@torch.no_grad()
+def lm_totals(model: nn.Module, batches: Iterable[Dict[str, torch.Tensor]], device="cpu"):
+    """(summed NLL, predicted tokens, top-1 hits) of next-token prediction at every label position."""
+    total, count, correct = 0.0, 0, 0
+    for batch in batches:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        hidden = hidden_states(model, batch["input_ids"], batch["attention_mask"])
+        rows, cols, targets = _label_positions(batch["labels"])
+        logits = logits_at(model, hidden, rows, cols).float()
+        total += F.cross_entropy(logits, targets, reduction="sum").item()
+        count += targets.numel()
+        correct += (logits.argmax(-1) == targets).sum().item()
+    return total, count, correct

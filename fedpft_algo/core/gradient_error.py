@@ -37,7 +37,14 @@ def probe_batch(batches: Iterable[Batch], examples: int = PROBE_EXAMPLES) -> Dic
     raise ValueError("no data for the gradient-error batch")
 
 
-def trainable_gradients(model: nn.Module, batch: Batch, device="cpu") -> "OrderedDict[str, torch.Tensor]":
+def classification_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """Cross-entropy of a classifier's logits (the default loss of the probe)."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    return nn.functional.cross_entropy(model(**inputs).logits, batch["labels"])
+
+
+def trainable_gradients(model: nn.Module, batch: Batch, device="cpu",
+                        loss_fn: Callable = classification_loss) -> "OrderedDict[str, torch.Tensor]":
     """d(cross-entropy)/d(LoRA + head) on ``batch``, in eval mode (no dropout); ``.grad`` is left untouched."""
     named = [(n, p) for n, p in model.named_parameters() if is_trainable_name(n)]
     assert named, "model has no LoRA/head parameters"
@@ -47,9 +54,7 @@ def trainable_gradients(model: nn.Module, batch: Batch, device="cpu") -> "Ordere
     try:
         for _, p in named:
             p.requires_grad_(True)
-        inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-        logits = model(**inputs).logits
-        loss = nn.functional.cross_entropy(logits, batch["labels"].to(device))
+        loss = loss_fn(model, {k: v.to(device) for k, v in batch.items()})
         grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
     finally:
         for p, flag in flags:
@@ -79,11 +84,11 @@ def compare(proxy: Mapping[str, torch.Tensor], full: Mapping[str, torch.Tensor],
 class GradientProbe:
     """Measures the gradient error of a proxy against the FM on one fixed batch."""
 
-    def __init__(self, batch: Batch, device="cpu", rename=None):
-        self.batch, self.device, self.rename = batch, device, rename
+    def __init__(self, batch: Batch, device="cpu", rename=None, loss_fn: Callable = classification_loss):
+        self.batch, self.device, self.rename, self.loss_fn = batch, device, rename, loss_fn
 
     def measure(self, full_model: nn.Module, proxy: nn.Module, tag: str) -> Dict[str, float]:
         """``grad_rel_error_{tag}``, ``grad_cosine_{tag}`` for the current LoRA + head of both models."""
-        full = trainable_gradients(full_model, self.batch, self.device)
-        result = compare(trainable_gradients(proxy, self.batch, self.device), full, self.rename)
+        full = trainable_gradients(full_model, self.batch, self.device, self.loss_fn)
+        result = compare(trainable_gradients(proxy, self.batch, self.device, self.loss_fn), full, self.rename)
         return {f"grad_rel_error_{tag}": result["rel_error"], f"grad_cosine_{tag}": result["cosine"]}

@@ -19,21 +19,28 @@ from ..config import FedPFTConfig
 _TRAINABLE_MARKERS = ("lora_A.", "lora_B.", ".modules_to_save.")
 
 
-def lora_config(model_type: str, config: FedPFTConfig) -> LoraConfig:
+def lora_config(model_type: str, config: FedPFTConfig, model: nn.Module = None) -> LoraConfig:
+    """LoRA on the attention projections + the task head as a module to save. Given ``model``, only the
+    head modules it has: a causal LM has none (its output projection, tied to the input embeddings,
+    stays frozen and is never uploaded)."""
     spec = get_arch(model_type)
+    head = list(spec.head)
+    if model is not None:
+        names = [name for name, _ in model.named_modules()]
+        head = [h for h in head if any(n == h or n.endswith("." + h) for n in names)]
     return LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
         target_modules=list(spec.attention),
-        modules_to_save=list(spec.head),
+        modules_to_save=head or None,
         bias="none",
     )
 
 
 def add_lora(model: nn.Module, config: FedPFTConfig) -> PeftModel:
     """Wrap ``model`` with LoRA adapters; only adapters and the head stay trainable."""
-    return get_peft_model(model, lora_config(model.config.model_type, config))
+    return get_peft_model(model, lora_config(model.config.model_type, config, model))
 
 
 def is_trainable_name(name: str) -> bool:

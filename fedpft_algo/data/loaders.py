@@ -276,22 +276,27 @@ class FedMLDataset(list):
 
 def build_fedml_dataset(task: TaskData, *, encoder, client_num: int, method: str, alpha: float, batch_size: int,
                         seed: int, max_length: int, min_per_client: int = 10,
-                        cache_dir: Optional[str] = None) -> FedMLDataset:
+                        cache_dir: Optional[str] = None, encoded=None, collator=None) -> FedMLDataset:
     """Partition ``task``'s train split over ``client_num`` clients and build FedML's data set list.
 
     Clients hold no test split of their own: FedPFT evaluates on the task's test set, so every
     ``test_local_dict`` entry is the global test loader. Client ``i``'s loader shuffles with
     seed ``seed + 1 + i``; the global train loader with ``seed``.
+
+    ``encoded``: ``((train features, train labels or None), (test features, test labels or None))`` already
+    encoded by the run's task kind (decoders: features that carry their own token labels), with its
+    ``collator``; the split still follows the task's class labels.
     """
     parts = partition(task.train_labels, client_num, method=method, alpha=alpha, seed=seed,
                       min_per_client=min_per_client)
-    collator = make_collator(encoder)
-    train_x = encode_inputs(encoder, task.train_inputs, max_length, cache_dir)
-    test_x = encode_inputs(encoder, task.test_inputs, max_length, cache_dir)
-    train_global = make_loader(train_x, task.train_labels, collator=collator, batch_size=batch_size, shuffle=True,
-                               seed=seed)
-    test_global = make_loader(test_x, task.test_labels, collator=collator, batch_size=batch_size)
-    train_local = {i: make_loader(train_x, task.train_labels, parts[i], collator=collator, batch_size=batch_size,
+    if encoded is None:
+        collator = make_collator(encoder)
+        encoded = ((encode_inputs(encoder, task.train_inputs, max_length, cache_dir), task.train_labels),
+                   (encode_inputs(encoder, task.test_inputs, max_length, cache_dir), task.test_labels))
+    (train_x, train_y), (test_x, test_y) = encoded
+    train_global = make_loader(train_x, train_y, collator=collator, batch_size=batch_size, shuffle=True, seed=seed)
+    test_global = make_loader(test_x, test_y, collator=collator, batch_size=batch_size)
+    train_local = {i: make_loader(train_x, train_y, parts[i], collator=collator, batch_size=batch_size,
                                   shuffle=True, seed=seed + 1 + i) for i in range(client_num)}
     data = FedMLDataset([len(task.train_labels), len(task.test_labels), train_global, test_global,
                          {i: len(parts[i]) for i in range(client_num)}, train_local,

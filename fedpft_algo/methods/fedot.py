@@ -180,7 +180,7 @@ def add_emulator_lora(emulator: nn.Module, config: FedPFTConfig):
 
     spec = arch_of(emulator)
     layer_map = emulator_layer_map(emulator.config)
-    lora = dataclasses.replace(lora_config(emulator.config.model_type, config),
+    lora = dataclasses.replace(lora_config(emulator.config.model_type, config, emulator),
                                layers_to_transform=list(adapter_layers(layer_map)),
                                layers_pattern=spec.layers.rsplit(".", 1)[-1])
     return get_peft_model(emulator, lora)

@@ -11,6 +11,7 @@ meet there::
     status/<role>_<rank>.json     written by each participant: role, rank, round, phase, pid, error
     events/<role>_<rank>.jsonl    every FedML hook call, in order, with its round
     metrics.jsonl                 written by the server: one JSON object per finished round
+    samples.jsonl                 decoders: the plugged-in FM's greedy answer to a fixed prompt, per round
     metrics.csv, metrics.json, accuracy.png    written by the launcher after a successful run
     partition.json, partition.txt              the client split (label counts per client)
     final/trainable.safetensors   the tuned LoRA + head for the FM
@@ -41,6 +42,7 @@ class RunDir:
     RESUME_CONFIG = "config.resume.yaml"
     ADDRESSES = "grpc_ipconfig.csv"
     METRICS_JSONL = "metrics.jsonl"
+    SAMPLES_JSONL = "samples.jsonl"   # decoders: a greedy answer to a fixed prompt, one object per round
     PROGRESS_JSON = "progress.json"   # the server's current phase (building, aligning, rounds) and its steps
     METRICS_CSV = "metrics.csv"
     METRICS_JSON = "metrics.json"
@@ -89,6 +91,10 @@ class RunDir:
     @property
     def metrics_jsonl(self) -> Path:
         return self.root / self.METRICS_JSONL
+
+    @property
+    def samples_jsonl(self) -> Path:
+        return self.root / self.SAMPLES_JSONL
 
     @property
     def metrics_csv(self) -> Path:

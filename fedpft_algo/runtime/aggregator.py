@@ -19,6 +19,7 @@ The FM's weights never enter a payload.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -33,16 +34,16 @@ from ..core.aggregation import sum_tensors, weighted_average
 from ..core.alignment import align_neurons_, reporting
 from ..compat import load_fedml
 from ..errors import ConfigError
-from ..core.evaluate import evaluate
-from ..core.gradient_error import GradientProbe, probe_batch
+from ..core.gradient_error import GradientProbe
 from ..core.lora import add_lora, is_trainable_name, plug_in_, trainable_state
-from .payload import METRICS_PREFIX, control, load_payload_, nbytes, split_prefixed
+from .payload import METRICS_PREFIX, control, full_state, load_payload_, nbytes, split_prefixed
 from ..core.privacy import epsilon
 from ..methods import get_method
 from ..rundir.hf_export import save_adapter
 from ..rundir.layout import RunDir
 from ..rundir.records import ROUNDS_PHASE, RunLog
 from ..settings import RunSettings
+from ..tasks import resolve_task_kind
 from .seeding import reseed_
 from .tracking import RunTracker
 from ..core.stats import STATS_PREFIX, activity_scores, select_updated_neurons
@@ -54,9 +55,12 @@ logger = logging.getLogger(__name__)
 class FedPFTAggregator(ServerAggregator):
     def __init__(self, full_model: torch.nn.Module, args, *, settings: RunSettings, public_batches: Sequence,
                  eval_batches: Sequence, test_data, device="cpu", runlog: Optional[RunLog] = None,
-                 cache_extra: str = "", run_dir: Optional[RunDir] = None, run_config: Optional[dict] = None):
+                 cache_extra: str = "", run_dir: Optional[RunDir] = None, run_config: Optional[dict] = None,
+                 task_kind=None):
         super().__init__(full_model, args)
         self.settings = settings
+        # how the FM is scored every round (fedpft_algo.tasks); test_data is in the form it takes
+        self.task_kind = task_kind or resolve_task_kind(settings.fedpft.task_kind, full_model.config)
         self.run_dir = run_dir          # None: no final weights, no checkpoints (a library call)
         self.run_config = run_config    # the run's yaml sections, recorded in every checkpoint
         self.config = settings.fedpft
@@ -92,9 +96,11 @@ class FedPFTAggregator(ServerAggregator):
         self.model = add_lora(self.model, self.config).to(self.device)
         self._plug_into_full_model(trainable_state(self.sub_model))  # same LoRA init and head on both
         self._prepare_metrics = self._gradient_error("init")
+        if self.task_kind.causal_lm and self.settings.resume_checkpoint is None:
+            self._prepare_metrics.update(self._zero_shot())
         if self.settings.resume_checkpoint is not None:
             self._restore(self.settings.resume_checkpoint)
-        self.payload = OrderedDict(self.sub_model.state_dict())
+        self.payload = full_state(self.sub_model)
         self.payload.update(control(self.round_idx, self.config.is_alignment_round(self.round_idx,
                                                                                    self.settings.comm_round)))
         self.prepare_seconds = time.perf_counter() - start
@@ -141,8 +147,9 @@ class FedPFTAggregator(ServerAggregator):
         self._plug_into_full_model(aggregated_model_or_grad)
         plug_in_(self.sub_model, aggregated_model_or_grad)
         grad = self._pending["grad"] = self._gradient_error("before")
-        fm = evaluate(self.model, self.test_data, self.device)
-        sub = evaluate(self.sub_model, self.test_data, self.device)
+        fm = self.task_kind.evaluate(self.model, self.test_data, self.device)
+        sub = self.task_kind.evaluate(self.sub_model, self.test_data, self.device)
+        self._write_sample(round_idx, self.model)
         payload = OrderedDict(aggregated_model_or_grad)
         align_seconds, changed = 0.0, []
         if self.config.is_alignment_round(round_idx, self.settings.comm_round):
@@ -168,7 +175,7 @@ class FedPFTAggregator(ServerAggregator):
             last = self.history[-1]
             return {"test_correct": last["test_correct"], "test_total": last["test_total"],
                     "test_loss": last["test_loss"], "accuracy": last["accuracy"]}
-        return evaluate(self.model, test_data, device)
+        return self.task_kind.evaluate(self.model, self.test_data, device)
 
     def test_all(self, train_data_local_dict, test_data_local_dict, device, args) -> bool:
         # Evaluation already ran in on_after_aggregation, every round, on the plugged-in FM.
@@ -181,7 +188,7 @@ class FedPFTAggregator(ServerAggregator):
             raise RuntimeError(f"round {self.round_idx}: alignment round but no client uploaded activation counts")
         reseed_(self.settings.round_seed(self.round_idx, "server"), self.public_batches)
         pooled = sum_tensors(self._pending["stats"])
-        scores = activity_scores(pooled, self.config.align_statistic)
+        scores = activity_scores(pooled, self.align_statistic())
         updated = select_updated_neurons(scores, self.config.align_update_ratio, self.generator)
         report = align_neurons_(self.model, self.sub_model, updated, self.public_batches, self.eval_batches,
                                 steps=self.config.neuron_align_steps, lr=self.config.neuron_align_lr,
@@ -199,6 +206,8 @@ class FedPFTAggregator(ServerAggregator):
             "round": round_idx,
             "accuracy": fm["accuracy"], "macro_f1": fm["macro_f1"], "loss": fm["loss"],
             "sub_accuracy": sub["accuracy"], "sub_loss": sub["loss"],
+            **{f"{k}": fm[k] for k in ("perplexity",) if k in fm},
+            **{f"sub_{k}": sub[k] for k in ("perplexity",) if k in sub},
             "train_loss": _mean(c.get("train_loss") for c in clients),
             "client_epoch_seconds": _mean(c.get("epoch_seconds") for c in clients),
             "client_peak_mem_mb": max((c.get("peak_mem_mb", 0.0) for c in clients), default=0.0),
@@ -243,7 +252,7 @@ class FedPFTAggregator(ServerAggregator):
         """Everything the next round needs (see :mod:`fedpft_algo.rundir.checkpoint`); None without a run dir."""
         if self.run_dir is None:
             return None
-        tensors = OrderedDict(self.sub_model.state_dict())
+        tensors = full_state(self.sub_model)
         tensors.update(("fm." + k, v) for k, v in trainable_state(self.model).items())
         tensors["rng.server_generator"] = self.generator.get_state()
         config = self.run_config
@@ -272,6 +281,35 @@ class FedPFTAggregator(ServerAggregator):
         self.runlog.event("resume", self.round_idx, path=str(path))
         logger.info("resumed from %s after %d round(s)", path, self.round_idx)
 
+    # ------------------------------------------------------------------ decoders: zero-shot rows, samples
+    def align_statistic(self) -> str:
+        """``fedpft_align_statistic``, ``auto`` resolved: mean |activation| for decoders (SiLU-gated FFNs
+        have almost no exact zeros), APoZ (the paper's) otherwise."""
+        statistic = self.config.align_statistic
+        return statistic if statistic != "auto" else ("mean_abs" if self.task_kind.causal_lm else "apoz")
+
+    def _zero_shot(self) -> dict:
+        """The FM and the (aligned) proxy scored before any training: the field's zero-shot rows."""
+        self.runlog.progress("zero-shot evaluation")
+        row = {}
+        for prefix, model in (("fm_zero_shot", self.model), ("proxy_zero_shot", self.sub_model)):
+            scores = self.task_kind.evaluate(model, self.test_data, self.device)
+            row.update((f"{prefix}_{k}", scores[k]) for k in ("accuracy", "macro_f1", "loss", "perplexity")
+                       if k in scores)
+        self._write_sample(-1, self.model, stage="fm_zero_shot")
+        self._write_sample(-1, self.sub_model, stage="proxy_zero_shot")
+        logger.info("zero-shot: FM %s, proxy %s", row.get("fm_zero_shot_accuracy"), row.get("proxy_zero_shot_accuracy"))
+        return row
+
+    def _write_sample(self, round_idx: int, model, stage: str = "plugged_in_fm") -> None:
+        """The task kind's greedy answer to its fixed prompt, appended to ``samples.jsonl`` (decoders)."""
+        if self.run_dir is None:
+            return
+        sample = self.task_kind.sample(model, self.test_data, self.device)
+        if sample is not None:
+            with open(self.run_dir.samples_jsonl, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"round": round_idx, "model": stage, **sample}) + "\n")
+
     # ------------------------------------------------------------------ the method's plug-in and the gradient error
     def _plug_into_full_model(self, state) -> None:
         self.method.plug_in_(self.model, state, self.sub_model)
@@ -282,7 +320,8 @@ class FedPFTAggregator(ServerAggregator):
             return {}  # FedPETuning: the clients' model is the FM
         if getattr(self, "_grad_probe", None) is None:
             rename = lambda state: self.method.full_model_names(state, self.sub_model, self.model)  # noqa: E731
-            self._grad_probe = GradientProbe(probe_batch(self.test_data), self.device, rename)
+            self._grad_probe = GradientProbe(self.task_kind.probe_batch(self.test_data), self.device, rename,
+                                             loss_fn=self.task_kind.loss)
         return self._grad_probe.measure(self.model, self.sub_model, tag)
 
     def _extra_metrics(self, round_idx: int) -> dict:

@@ -33,6 +33,13 @@ def _encoder(settings, model_config, task):
     return load_encoder(settings.model, model_config, settings.cache_dir)
 
 
+def task_kind_of(settings, model_config):
+    """The run's task kind (:mod:`fedpft_algo.tasks`): ``fedpft_task_kind``, ``auto`` resolved by the model."""
+    from ..tasks import resolve_task_kind
+
+    return resolve_task_kind(settings.fedpft.task_kind, model_config)
+
+
 def build_server(args, settings, task, model_config, device, runlog, run_dir=None, run_config=None):
     from .aggregator import FedPFTAggregator
     from ..data.loaders import encode_inputs, make_collator, make_loader
@@ -49,12 +56,13 @@ def build_server(args, settings, task, model_config, device, runlog, run_dir=Non
                                     batch_size=config.layer_align_batch_size))
     public_loader = make_loader(features, indices=range(n_eval, len(features)), collator=collator,
                                 batch_size=config.layer_align_batch_size, shuffle=True, seed=settings.seed)
-    test_x = encode_inputs(encoder, task.test_inputs, config.max_length, str(settings.cache_dir / "features"))
-    test_loader = make_loader(test_x, task.test_labels, collator=collator, batch_size=max(settings.batch_size, 32))
+    kind = task_kind_of(settings, model_config)
+    test_data = kind.eval_set(encoder, task, config, max(settings.batch_size, 32 if not kind.causal_lm else 8),
+                              str(settings.cache_dir / "features"))
     torch.manual_seed(settings.seed)  # the task head's initialisation
-    full_model = load_full_model(settings.model, task.num_labels, settings.cache_dir)
-    return FedPFTAggregator(full_model, args, settings=settings, public_batches=public_loader,
-                            eval_batches=eval_batches, test_data=test_loader, device=device, runlog=runlog,
+    full_model = load_full_model(settings.model, task.num_labels, settings.cache_dir, causal_lm=kind.causal_lm)
+    return FedPFTAggregator(full_model, args, settings=settings, public_batches=public_loader, task_kind=kind,
+                            eval_batches=eval_batches, test_data=test_data, device=device, runlog=runlog,
                             cache_extra=f"{config.public_dataset or default_public_name(task)}:{len(features)}:{settings.seed}",
                             run_dir=run_dir, run_config=run_config)
 
@@ -62,24 +70,28 @@ def build_server(args, settings, task, model_config, device, runlog, run_dir=Non
 def build_client(args, settings, task, model_config, device, runlog):
     from ..core.arch import num_layers
     from ..methods import get_method
-    from ..models import model_class_for
     from .trainer import FedPFTTrainer
 
     config = settings.fedpft
-    # what the method's clients hold (sub-FM, FedOT's emulator, the FM), from config.json alone, with LoRA + head
-    model = get_method(config.method).client_model(model_config, config, model_class=model_class_for(model_config))
+    kind = task_kind_of(settings, model_config)
+    # what the method's clients hold (sub-FM, FedOT's emulator, the FM), from config.json alone, with LoRA
+    # (+ the task head: classification only; a decoder's output projection stays frozen)
+    model = get_method(config.method).client_model(model_config, config, model_class=kind.model_class(model_config))
     return FedPFTTrainer(model, args, settings, compressed_layers=config.compressed_layers(num_layers(model_config)),
-                         runlog=runlog), model
+                         runlog=runlog, task_kind=kind), model
 
 
 def build_dataset(settings, task, model_config, *, with_clients: bool, run_dir: Optional[RunDir] = None):
     from ..data.loaders import build_fedml_dataset
 
     encoder = _encoder(settings, model_config, task)
+    kind, cache = task_kind_of(settings, model_config), str(settings.cache_dir / "features")
+    encoded = tuple(kind.features(encoder, task, settings.fedpft, split, cache) for split in ("train", "test"))
     data = build_fedml_dataset(task, encoder=encoder, client_num=settings.client_num_in_total,
                                method=settings.partition_method, alpha=settings.partition_alpha,
                                batch_size=settings.batch_size, seed=settings.seed,
-                               max_length=settings.fedpft.max_length, cache_dir=str(settings.cache_dir / "features"))
+                               max_length=settings.fedpft.max_length, cache_dir=cache, encoded=encoded,
+                               collator=kind.collator(encoder))
     if run_dir is not None and not run_dir.partition_json.exists():
         write_json_atomic(run_dir.partition_json, data.records)
         run_dir.partition_txt.write_text(data.table() + "\n", encoding="utf-8")

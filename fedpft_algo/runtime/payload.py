@@ -38,6 +38,25 @@ def control(round_idx: int, collect_stats: bool) -> "OrderedDict[str, torch.Tens
     return OrderedDict([(ROUND, torch.tensor([round_idx])), (COLLECT_STATS, torch.tensor([int(collect_stats)]))])
 
 
+def tied_aliases(state: Mapping[str, torch.Tensor]) -> set:
+    """Names whose tensor is the same memory as an earlier name's (tied weights: a decoder's output projection
+    is its input embedding matrix). Sending or saving them would carry the same tensor twice."""
+    seen, aliases = set(), set()
+    for name, tensor in state.items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride())
+        if key in seen:
+            aliases.add(name)
+        seen.add(key)
+    return aliases
+
+
+def full_state(model: nn.Module) -> "OrderedDict[str, torch.Tensor]":
+    """``model``'s state dict without tied aliases (the first payload, a checkpoint)."""
+    state = model.state_dict()
+    drop = tied_aliases(state)
+    return OrderedDict((k, v) for k, v in state.items() if k not in drop)
+
+
 def load_payload_(model: nn.Module, tensors: Mapping[str, torch.Tensor], *, require_all: bool = False) -> Tuple[str, ...]:
     """Copy received tensors into ``model`` by name with strict name and shape checks.
 
@@ -49,7 +68,8 @@ def load_payload_(model: nn.Module, tensors: Mapping[str, torch.Tensor], *, requ
     if unknown:
         raise KeyError(f"payload has tensors the model does not: {unknown[:3]}")
     if require_all:
-        missing = [k for k in own if k not in tensors]
+        tied = tied_aliases(own)   # filled through the tensor they alias
+        missing = [k for k in own if k not in tensors and k not in tied]
         if missing:
             raise KeyError(f"first payload lacks tensors of the sub-FM: {missing[:3]}")
     with torch.no_grad():

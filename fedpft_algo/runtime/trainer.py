@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 
 from ..compat import load_fedml
+from ..core.causal_lm import hidden_states as causal_hidden_states
 from ..core.lora import enable_gradient_checkpointing, trainable_state
 from ..core.privacy import clip_and_noise
 from .payload import CONTROL_PREFIX, METRICS_PREFIX, load_payload_, split_prefixed
@@ -36,9 +37,14 @@ def peak_rss_mb() -> float:
 
 class FedPFTTrainer(ClientTrainer):
     def __init__(self, model: torch.nn.Module, args, settings: Optional[RunSettings] = None,
-                 compressed_layers=(), runlog=None):
+                 compressed_layers=(), runlog=None, task_kind=None):
         super().__init__(model, args)
         self.settings = settings or RunSettings.from_args(args)
+        if task_kind is None:
+            from ..tasks import resolve_task_kind
+
+            task_kind = resolve_task_kind(self.settings.fedpft.task_kind, model.config)
+        self.task_kind = task_kind  # the training loss of a batch (fedpft_algo.tasks)
         self.compressed_layers = tuple(compressed_layers)
         self.runlog = runlog  # optional RunLog: hook order and an audit of every tensor received
         self.initialised = False
@@ -105,7 +111,7 @@ class FedPFTTrainer(ClientTrainer):
         for _ in range(settings.epochs):
             for batch in train_data:
                 batch = {k: v.to(device) for k, v in batch.items()}
-                loss = model(**batch).loss
+                loss = self.task_kind.loss(model, batch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -125,12 +131,27 @@ class FedPFTTrainer(ClientTrainer):
                 for batch in train_data:
                     batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
                     recorder.mask = batch.get("attention_mask")
-                    self.model(**batch)
+                    if self.task_kind.causal_lm:   # the layers only: no output projection is needed here
+                        causal_hidden_states(self.model, batch["input_ids"], batch["attention_mask"])
+                    else:
+                        self.model(**batch)
             return recorder.counts()
         finally:
             self.model.train()
 
+    @torch.no_grad()
     def test(self, test_data, device, args):
-        from ..core.evaluate import evaluate
-
-        return evaluate(self.model.to(device), test_data, device)
+        """A classifier's accuracy on ``test_data``; a decoder's mean training loss on it (the server scores
+        the plugged-in FM with the task kind's metrics itself)."""
+        if not self.task_kind.causal_lm:
+            return self.task_kind.evaluate(self.model, test_data, device)
+        model = self.model.to(device)
+        was_training = model.training
+        model.eval()
+        try:
+            losses = [self.task_kind.loss(model, {k: v.to(device) for k, v in batch.items()}).item()
+                      for batch in test_data]
+        finally:
+            model.train(was_training)
+        loss = sum(losses) / max(1, len(losses))
+        return {"test_loss": loss, "test_total": len(losses), "loss": loss}
