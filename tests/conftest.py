@@ -34,16 +34,20 @@ def tiny_model_config(model_type: str, num_labels: int = 2):
 
 
 def build_tiny_model(model_type: str, seed: int = 0, num_labels: int = 2):
-    """A tiny random model of ``model_type`` with a classification head, in eval mode.
+    """A tiny random model of ``model_type`` with a classification head (``llama_causal``: the LLaMA decoder as
+    a causal LM), in eval mode.
 
     Every parameter, biases and norms included, is drawn from N(0, 0.1): Hugging Face initialises
     biases to 0 and norms to 1, which would hide a wrongly sliced bias.
     """
     from fedpft_algo.models import model_class_for
 
-    model_config = tiny_model_config(model_type, num_labels)
+    causal = model_type == "llama_causal"   # the decoder as a causal LM (no head; instruction/LM task kinds)
+    model_config = tiny_model_config("llama" if causal else model_type, num_labels)
+    if causal:
+        model_config.architectures = ["LlamaForCausalLM"]
     torch.manual_seed(seed)
-    model = model_class_for(model_config).from_config(model_config).eval()
+    model = model_class_for(model_config, causal).from_config(model_config).eval()
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.normal_(0.0, 0.1)

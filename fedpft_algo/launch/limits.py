@@ -134,11 +134,37 @@ def check_loaded(plan, settings, task, model_config) -> Preflight:
         raise _bad(plan, "fedpft_lora_r", config.lora_r, f"at most the hidden size {hidden} of model {settings.model}")
     if config.uses_sub_model:
         _check_neurons(plan, settings, model_config)
+    _check_task_kind(plan, settings, task, model_config)
     public = _public_examples(plan, settings, task)
     return Preflight(model=settings.model, model_type=model_config.model_type,
                      num_layers=num_layers(model_config), hidden_size=hidden, max_tokens=limit, task=task.name,
                      modality=task.modality, num_labels=task.num_labels, train_examples=len(task.train_labels),
                      test_examples=len(task.test_labels), public_examples=public, settings=settings)
+
+
+def _check_task_kind(plan, settings, task, model_config) -> None:
+    """The task kind fits the model (decoders: instruction or language modelling; others: classification), and
+    a decoder's task fits its tokenizer: every label answer has tokens, every prompt + answer fits
+    ``fedpft_max_length`` (all examples are measured: a prompt is never cut)."""
+    from ..core.arch import is_decoder
+    from ..errors import DataError
+    from ..models import load_tokenizer
+    from ..tasks import get_task_kind, known_task_kinds, resolve_task_kind
+
+    requested = settings.fedpft.task_kind
+    try:
+        kind = resolve_task_kind(requested, model_config)
+    except ConfigError:
+        decoder = is_decoder(model_config)
+        allowed = [k for k in known_task_kinds() if get_task_kind(k).causal_lm == decoder]
+        what = "a decoder (causal LM)" if decoder else "not a decoder"
+        raise _bad(plan, "fedpft_task_kind", requested, f"auto or {' or '.join(allowed)}: model {settings.model} "
+                                                        f"(type {model_config.model_type}) is {what}") from None
+    if kind.causal_lm:
+        try:
+            kind.check(load_tokenizer(settings.model, settings.cache_dir), task, settings.fedpft)
+        except DataError as exc:
+            raise ConfigError(f"config file {plan.config_file}: {exc}") from None
 
 
 def _check_channels(plan, settings, task, model_config) -> None:

@@ -50,6 +50,21 @@ def _model_dir(tmp_path: Path, model_type: str, **config) -> str:
     return str(tmp_path / "model")
 
 
+def _decoder_dir(tmp_path: Path) -> str:
+    """A tiny LLaMA decoder's config.json with the packaged MiniLM tokenizer: all that pre-flight reads of it."""
+    from tests.conftest import tiny_model_config
+
+    from fedpft_algo.models import load_tokenizer
+
+    tokenizer = load_tokenizer("minilm-l6")
+    model_config = tiny_model_config("llama")
+    model_config.vocab_size, model_config.architectures = len(tokenizer), ["LlamaForCausalLM"]
+    model_config.max_position_embeddings = 256
+    model_config.save_pretrained(tmp_path / "decoder")
+    tokenizer.save_pretrained(tmp_path / "decoder")
+    return str(tmp_path / "decoder")
+
+
 CONFIG = str(CONFIG_DIR / "simulation_mpi.yaml")
 # id -> (--set values (a callable of tmp_path gives them), what stderr must say after "config file <yaml>: ")
 LIMITS = {
@@ -108,6 +123,26 @@ LIMITS = {
         lambda t: ["dataset=digits", f"model={_model_dir(t, 'vit', num_channels=4)}"],
         r"model_args\.model='.*model' is not allowed: expected a model for 1-channel images: task 'digits' has 1 "
         r"channels, the model takes 4"),
+    # decoders (fedpft_algo.tasks): the task kind must fit the model, the task must fit the tokenizer
+    "a decoder given a classification head": (
+        lambda t: [f"model={_decoder_dir(t)}", "fedpft_task_kind=classification"],
+        r"fedpft_args\.fedpft_task_kind='classification' is not allowed: expected auto or instruction or "
+        r"language_modeling: model .*decoder \(type llama\) is a decoder \(causal LM\)"),
+    "an encoder given an instruction task": (
+        ["fedpft_task_kind=instruction"],
+        r"fedpft_args\.fedpft_task_kind='instruction' is not allowed: expected auto or classification: model "
+        r"minilm-l6 \(type bert\) is not a decoder"),
+    "an image model given language modelling": (
+        lambda t: ["dataset=digits", f"model={_model_dir(t, 'vit')}", "fedpft_task_kind=language_modeling"],
+        r"fedpft_args\.fedpft_task_kind='language_modeling' is not allowed: expected auto or classification"),
+    "a label answer that tokenises to nothing": (
+        lambda t: [f"model={_decoder_dir(t)}", "fedpft_label_answers=['bad', '\u200b']"],
+        r"label answer '\\u200b' tokenises to nothing: give every label a non-empty answer text "
+        r"\(fedpft_label_answers\)"),
+    "a prompt longer than max_length": (
+        lambda t: [f"model={_decoder_dir(t)}", "fedpft_max_length=32"],
+        r"fedpft_max_length=32 is too short: (train|test) example \d+ of task 'rotten_tomatoes' is \d+ tokens as "
+        r"prompt \+ answer \(raise fedpft_max_length to \d+, or shorten fedpft_prompt_template\)"),
 }
 
 
@@ -204,3 +239,33 @@ def test_check_with_resume_checks_the_checkpoint_and_changes_nothing(isolated, c
     assert "  method    fedpft, 8 rounds, resuming after round 3" in out.splitlines()
     assert out.splitlines()[-1] == f"  run dir   {run_dir} (resumed)"
     assert sorted(p.name for p in run_dir.rglob("*")) == before   # no config.resume.yaml, no status cleared
+
+
+def test_an_instruction_task_without_a_label_column_exits_2_with_one_line(isolated, capsys):
+    (isolated / "texts.csv").write_text("text,source\n" + "\n".join(f"review number {i} of a film,web"
+                                                                  for i in range(40)) + "\n")
+    code, out, err = run_cli(capsys, "--check", "--cf", CONFIG, "--set", f"model={_decoder_dir(isolated)}",
+                             f"dataset={isolated / 'texts.csv'}")
+    assert code == 2 and err.startswith("fedpft: error: ") and err.count("\n") == 1, err
+    assert "no label column found among ['text', 'source']: pass label_column" in err
+    assert out == "" and not (isolated / "runs").exists()
+
+
+def test_a_decoder_at_the_prompt_length_limit_passes_the_check(isolated, capsys):
+    from fedpft_algo.config import FedPFTConfig
+    from fedpft_algo.data import load_task
+    from fedpft_algo.data.instruction import label_answers, longest_instruction
+    from fedpft_algo.models import load_tokenizer
+
+    decoder = _decoder_dir(isolated)
+    task, config = load_task("rotten_tomatoes", max_train=2000, max_test=500, seed=0), FedPFTConfig()
+    answers = label_answers(task.label_names)
+    longest = max(longest_instruction(load_tokenizer(decoder), getattr(task, f"{split}_inputs"),
+                                      getattr(task, f"{split}_labels"), config.prompt_template, answers)[1]
+                  for split in ("train", "test"))
+    code, out, err = run_cli(capsys, "--check", "--cf", CONFIG, "--set", f"model={decoder}",
+                             f"fedpft_max_length={longest}")
+    assert code == 0 and err == "", err
+    code, out, err = run_cli(capsys, "--check", "--cf", CONFIG, "--set", f"model={decoder}",
+                             f"fedpft_max_length={longest - 1}")
+    assert code == 2 and f"raise fedpft_max_length to {longest}" in err

@@ -13,6 +13,7 @@ from fedpft_algo.config import FedPFTConfig
 from fedpft_algo.core.lora import add_lora, is_trainable_name, trainable_state
 from fedpft_algo.methods import get_method, known_methods
 from fedpft_algo.models import model_class_for
+from tests.conftest import TINY_MODEL_TYPES
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
               pytest.mark.parametrize("server_and_client", known_methods(), indirect=True)]  # every method
@@ -31,6 +32,12 @@ def _randomise_trainable_(model, seed=5) -> None:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator))
 
 
+@pytest.fixture(params=TINY_MODEL_TYPES + ("llama_causal",))
+def tiny_model_type(request) -> str:
+    """Every architecture of the registry, and the LLaMA decoder as a causal LM (decoder task kinds)."""
+    return request.param
+
+
 @pytest.fixture
 def server_and_client(request, tiny_model_type, make_tiny_model, tiny_inputs):
     """(method, config, FM, FM state before, server proxy with LoRA, client model) for one method."""
@@ -40,7 +47,8 @@ def server_and_client(request, tiny_model_type, make_tiny_model, tiny_inputs):
     public = [tiny_inputs(fm, seed=seed) for seed in range(3)]
     proxy = method.build_proxy(fm, config, public, public[:1])
     server = method.add_client_lora(proxy.model, config).eval()
-    client = method.client_model(copy.deepcopy(fm.config), config, model_class=model_class_for(fm.config)).eval()
+    client = method.client_model(copy.deepcopy(fm.config), config,
+                                 model_class=model_class_for(fm.config, tiny_model_type == "llama_causal")).eval()
     return method, config, fm, before, server, client
 
 
@@ -57,12 +65,15 @@ def test_client_model_from_config_has_the_server_proxy_tensors(server_and_client
 
 
 def test_client_trains_only_lora_and_head(server_and_client):
-    _, _, _, _, _, client = server_and_client
+    _, _, fm, _, _, client = server_and_client
+    causal = type(fm).__name__.endswith("ForCausalLM")   # a decoder's output projection stays frozen: no head
 
     trained = [name for name, p in client.named_parameters() if p.requires_grad]
 
     assert trained and all(is_trainable_name(name) for name in trained)
-    assert any("lora_A" in name for name in trained) and any(".modules_to_save." in name for name in trained)
+    assert any("lora_A" in name for name in trained)
+    assert any(".modules_to_save." in name for name in trained) == (not causal)
+    assert not any("lm_head" in name or "embed_tokens" in name for name in trained)
 
 
 def test_plug_in_round_trips_into_the_fm(server_and_client):
