@@ -210,18 +210,32 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- fedpft predict
 def _add_predict_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", help="a finished fedpft run directory")
-    parser.add_argument("texts", nargs="+", help="texts to classify with the FM + tuned LoRA/head")
+    parser.add_argument("texts", nargs="*", help="texts to classify (or, for a decoder run, to answer) with the FM + "
+                        "tuned LoRA/head")
+    parser.add_argument("--text", action="append", default=[], dest="more_texts", metavar="TEXT",
+                        help="one more text (repeatable); a decoder run prints the greedy answer of the FM with "
+                             "the tuned LoRA, and for an instruction task also the label the multiple-choice "
+                             "rule picks")
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .inference import load_tuned_model, predict
+    from .inference import answer, load_tuned_model, predict, prompting
     from .launch import console
 
+    texts = list(args.texts) + list(args.more_texts)
+    if not texts:
+        raise ConfigError("fedpft predict needs at least one text (positional or --text TEXT)")
+    how = prompting(args.run_dir)   # checks the run directory before the FM is loaded
     console.route_transformers()   # its load report (the task head is new) and weight bar: -v shows them
     model, tokenizer, label_names = load_tuned_model(args.run_dir)
-    for text, label in zip(args.texts, predict(model, tokenizer, args.texts)):
-        name = label_names[label] if label < len(label_names) else str(label)
-        print(f"{name}\t{text}")
+    if how.kind == "classification":
+        for text, label in zip(texts, predict(model, tokenizer, texts)):
+            name = label_names[label] if label < len(label_names) else str(label)
+            print(f"{name}\t{text}")
+        return EXIT_OK
+    for text, row in zip(texts, answer(model, tokenizer, texts, how)):   # a decoder: [label,] greedy answer, text
+        said = " ".join(row["answer"].split())
+        print("\t".join(([row["label"]] if "label" in row else []) + [said, text]))
     return EXIT_OK
 
 
@@ -249,7 +263,8 @@ COMMANDS: Dict[str, Tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "bench": ("benchmark FedPFT against its ablations, FedPETuning, FedOT and FedML's FedAvg/FedProx",
               bench.add_arguments, bench.run),
     "pretrain-vit": (vision.HELP, vision.add_arguments, vision.run),
-    "predict": ("classify texts with the FM + the LoRA/head of a finished run", _add_predict_args, _cmd_predict),
+    "predict": ("classify texts (decoders: answer prompts) with the FM + the LoRA/head of a finished run",
+                _add_predict_args, _cmd_predict),
     "export": ("write a finished run's tuned FM as a standalone Hugging Face model folder (LoRA merged)",
                _add_export_args, _cmd_export),
 }

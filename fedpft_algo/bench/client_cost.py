@@ -92,12 +92,11 @@ def kind_of(method: str) -> str:
     return get_method(method).client_kind
 
 
-def _client_model(kind: str, model_config, config):
-    """(model to train, model whose layers count the FLOPs): what the client of ``kind`` holds."""
+def _client_model(kind: str, model_config, config, model_class):
+    """(model to train, model whose layers count the FLOPs): what the client of ``kind`` holds;
+    ``model_class``: the task kind's transformers auto class (a task head, or a decoder's causal LM)."""
     from ..methods import get_method, known_methods
-    from ..models import model_class_for
 
-    model_class = model_class_for(model_config)
     if kind in _FULL_MODEL_KINDS:  # FedML's baselines: the whole FM, every parameter trained
         model = model_class.from_config(model_config)
         return model, model
@@ -107,10 +106,11 @@ def _client_model(kind: str, model_config, config):
 
 
 def _optimiser_step(kind: str, client, learning_rate: float, full_learning_rate: float, fedprox_mu: float,
-                    device="cpu", precision: str = "fp32", forward=None):
+                    device="cpu", precision: str = "fp32", forward=None, loss_fn=None):
     """(trained parameters, one training step on a batch), as the client of ``kind`` trains (on ``device``,
     under ``precision``'s autocast and, for fp16, its gradient scaler, as FedPFTTrainer does); ``forward``:
-    what computes the loss (default ``client``; its compiled forward with ``fedpft_compile``)."""
+    what computes the loss (default ``client``; its compiled forward with ``fedpft_compile``); ``loss_fn``:
+    the task kind's loss (default ``model(**batch).loss``: decoders compute logits at answer positions only)."""
     forward = forward or client
     import torch
 
@@ -127,7 +127,7 @@ def _optimiser_step(kind: str, client, learning_rate: float, full_learning_rate:
     def step(batch):
         batch = {k: v.to(device) for k, v in batch.items()}
         with autocast_for(device, precision):
-            loss = forward(**batch).loss
+            loss = loss_fn(forward, batch) if loss_fn is not None else forward(**batch).loss
         if anchor is not None:  # FedProx: mu/2 ||w - w_global||^2 over every parameter
             loss = loss + sum((fedprox_mu / 2) * (p - a).pow(2).sum() for p, a in zip(params, anchor))
         optimizer.zero_grad(set_to_none=True)
@@ -146,23 +146,25 @@ def probe(model: str, kind: str, task: str, *, examples: int = 64, batch_size: i
 
     from ..core.compression import count_parameters, flops_per_token
     from ..config import FedPFTConfig
-    from ..data.loaders import encode_inputs, make_collator, make_loader
+    from ..data.loaders import make_loader
     from ..data.tasks import load_task
     from ..models import load_encoder, load_model_config
+    from ..tasks import resolve_task_kind
 
     if kind not in KINDS:
         raise ValueError(f"kind {kind!r}: expected one of {', '.join(KINDS)}")
-    config = FedPFTConfig.from_dict(config_values or {})
+    config = FedPFTConfig.from_dict(dict(config_values or {}, max_length=max_length))
     data = load_task(task, max_train=examples, max_test=1, seed=seed)
     model_config = load_model_config(model, data.num_labels, verify=False)  # a client reads no FM weights
     encoder = load_encoder(model, model_config)
-    features = encode_inputs(encoder, data.train_inputs, max_length)
-    loader = make_loader(features, data.train_labels, collator=make_collator(encoder), batch_size=batch_size,
+    task_kind = resolve_task_kind(config.task_kind, model_config)   # what the run's clients train on
+    features, labels = task_kind.features(encoder, data, config, "train")
+    loader = make_loader(features, labels, collator=task_kind.collator(encoder), batch_size=batch_size,
                          shuffle=True, seed=seed)
     peak_reset = reset_peak_rss()
     base_rss = current_rss_mb() if peak_reset else peak_rss_mb()
     torch.manual_seed(seed)
-    client, skeleton = _client_model(kind, model_config, config)
+    client, skeleton = _client_model(kind, model_config, config, task_kind.model_class(model_config))
     if config.gradient_checkpointing and kind not in _FULL_MODEL_KINDS:  # as FedPFTTrainer does (not FedML)
         from ..core.lora import enable_gradient_checkpointing
 
@@ -175,7 +177,7 @@ def probe(model: str, kind: str, task: str, *, examples: int = 64, batch_size: i
     built_rss = current_rss_mb()
     client.to(device).train()
     params, step = _optimiser_step(kind, client, learning_rate, full_learning_rate, fedprox_mu, device,
-                                   config.precision, forward)
+                                   config.precision, forward, task_kind.loss)
     warm = time.perf_counter()
     step(next(iter(loader)))  # warm-up (allocations, lazy init, compilation); not timed
     warmup_seconds = time.perf_counter() - warm
@@ -194,7 +196,7 @@ def probe(model: str, kind: str, task: str, *, examples: int = 64, batch_size: i
     seconds = min(times)
     extra = {"profile_top_ops": _profile(loader, step)} if profile else {}
     return {
-        "model": model, "kind": kind, "task": task, "examples": len(data.train_labels), "steps": steps,
+        "model": model, "kind": kind, "task": task, "task_kind": task_kind.name, "examples": len(data.train_labels), "steps": steps,
         "batch_size": batch_size, "max_length": max_length, "epoch_seconds": seconds, "epoch_seconds_all": times,
         "warmup_step_seconds": warmup_seconds,
         "peak_rss_mb": peak_rss_mb(), "base_rss_mb": base_rss, "built_rss_mb": built_rss,

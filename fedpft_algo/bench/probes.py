@@ -25,7 +25,8 @@ PROBES_JSON = "probes.json"
 
 # The settings that change what one client's local epoch costs (the rest: alignment, rounds, learning rate)
 _CLIENT_COST_FIELDS = ("ffn_keep_ratio", "retained_layers", "lora_r", "lora_dropout", "gradient_checkpointing",
-                       "max_length", "precision", "client_backbone_dropout", "shared_lora_dropout", "compile")
+                       "max_length", "precision", "client_backbone_dropout", "shared_lora_dropout", "compile",
+                       "task_kind")
 
 
 def _client_cost_settings(config) -> Dict[str, Any]:
@@ -93,8 +94,9 @@ def run_probes(spec: BenchSpec, wanted_probes, probe_task, out: Path, probes, fa
         kind = kind_of(spec.base_method(cell.method))
         bar.set_postfix_str(f"probe {key.split('|', 1)[1]}")
         try:
-            probes[key] = run_probe(spec, cell.model, kind, probe_task[cell.model], spec.cell_timeout,
-                                    cell_config(spec, cell, out / "cache"))
+            task = probe_task[cell.model]   # the probe's task, with its settings (bench.task_set)
+            probes[key] = run_probe(spec, cell.model, kind, spec.dataset_of(task), spec.cell_timeout,
+                                    cell_config(spec, dataclasses.replace(cell, task=task), out / "cache"))
             write_json_atomic(out / PROBES_JSON, probes)
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             failures[f"probe {key}"] = str(exc)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from .client_cost import kind_of
+from .llm_report import sections as llm_sections
 from .plots import mean as _mean, plots
 from ..files import write_json_atomic
 
@@ -28,6 +29,10 @@ CSV_COLUMNS = ("method", "task", "partition", "seed", "model", "rounds", "final_
                "client_trainable_parameters", "flops_ratio", "client_epoch_seconds_in_run", "server_align_seconds",
                "layer_align_seconds", "neuron_align_seconds", "grad_rel_error_init", "grad_rel_error_final",
                "grad_cosine_final", "wall_seconds")
+
+
+ZERO_SHOT_KEYS = tuple(f"{who}_zero_shot_{metric}" for who in ("fm", "proxy")
+                       for metric in ("accuracy", "macro_f1", "perplexity"))
 
 
 def model_name(model: str) -> str:
@@ -62,6 +67,10 @@ def cell_record(cell, rounds: Sequence[Dict[str, Any]], wall_seconds: float) -> 
         "sub_accuracy_per_round": [r.get("sub_accuracy") for r in rows],
         "grad_rel_error_per_round": [r.get("grad_rel_error_before") for r in rows],
         "grad_rel_error_after_per_round": [r.get("grad_rel_error_after") for r in rows],
+        # decoders (fedpft_algo.tasks): perplexity of a language-modelling task, and the zero-shot scores of
+        # the FM and of the proxy the server measured before round 0 (the field's zero-shot rows)
+        "perplexity": last.get("perplexity"), "sub_perplexity": last.get("sub_perplexity"),
+        **{key: first[key] for key in ZERO_SHOT_KEYS if key in first},
     }
 
 
@@ -242,6 +251,7 @@ def markdown(records, probes, notes=()) -> str:
     lines += _md_text_means(records, methods, partitions)
     lines += _md_probe_table(probes)
     lines += _md_targets_table(records, probes)
+    lines += llm_sections(records, probes)   # decoder cells: the five-number table and their targets
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"

@@ -24,7 +24,7 @@ from ..launch.plan import resolve_paths, set_key
 # The built-in methods only: a cell runs in a process of its own, where a method registered here is unknown.
 ALL_METHODS = METHODS + tuple(BASELINES)
 _BENCH_KEYS = {"methods", "tasks", "partitions", "seeds", "cell_timeout", "probe_examples", "baseline_args",
-               "vision", "smoke", "threads", "jobs", "variants"}
+               "vision", "smoke", "threads", "jobs", "variants", "task_set"}
 _SMOKE_DEFAULT = {"methods": 3, "tasks": 1, "partitions": 1, "seeds": 1, "probe_examples": 32,
                   "set": {"comm_round": 2, "client_num_in_total": 4, "client_num_per_round": 2,
                           "max_train_examples": 200, "max_test_examples": 100, "fedpft_layer_align_steps": 5,
@@ -63,6 +63,13 @@ class BenchSpec:
     jobs: int = 1                            # cells run side by side (each with cores // jobs threads)
     # name -> (method it runs, FedML/fedpft_* keys it changes): e.g. the APoZ-vs-mean_abs and t / p studies
     variants: Dict[str, Tuple[str, Tuple[Tuple[str, Any], ...]]] = field(default_factory=dict)
+    # task -> FedML/fedpft_* keys its cells change (a prompt template, label answers, the task kind); the key
+    # `dataset` makes the task a named view of another data set (a corpus for language modelling)
+    task_set: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+
+    def dataset_of(self, task: str) -> str:
+        """The data set a task's cells load: the task itself, or its ``task_set`` ``dataset``."""
+        return str(self.task_set.get(task, {}).get("dataset", task))
 
     def base_method(self, method: str) -> str:
         """The method a bench method runs: itself, or the method a variant is built on."""
@@ -92,6 +99,7 @@ def load_spec(path: os.PathLike, *, smoke: bool = False) -> BenchSpec:
     if isinstance(vision, dict) and vision.get("model"):  # a directory, relative to the bench yaml
         model = Path(str(vision["model"])).expanduser()
         bench["vision"] = dict(vision, model=str(model if model.is_absolute() else path.parent / model))
+    task_set = _task_set(bench, config)   # for the whole suite's tasks (--smoke keeps the first)
     if smoke:
         bench = _apply_smoke(bench, config)
     variants = _variants(bench, config)
@@ -102,7 +110,8 @@ def load_spec(path: os.PathLike, *, smoke: bool = False) -> BenchSpec:
                      cell_timeout=float(bench.get("cell_timeout", 1800)),
                      probe_examples=_int(bench.get("probe_examples", 64), "probe_examples"),
                      baseline_args=dict(bench.get("baseline_args") or {}), vision=dict(bench.get("vision") or {}),
-                     threads=bench.get("threads"), jobs=bench.get("jobs", 1), variants=variants)
+                     threads=bench.get("threads"), jobs=bench.get("jobs", 1), variants=variants,
+                     task_set=task_set)
     if spec.threads is not None:
         _check_positive_int("threads", spec.threads, "an integer >= 1 or null")
     _check_positive_int("jobs", spec.jobs, "an integer >= 1")
@@ -142,6 +151,27 @@ def _variants(bench, config) -> Dict[str, Tuple[str, Tuple[Tuple[str, Any], ...]
             raise ConfigError(f"bench.variants.{name}: {exc}") from None
         variants[str(name)] = (value["method"], tuple(sorted(overrides.items())))
     return variants
+
+
+def _task_set(bench, config) -> Dict[str, Dict[str, Any]]:
+    """``task_set: {task: {key: value}}`` for tasks of the suite, checked now."""
+    raw = bench.get("task_set") or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"bench.task_set={raw!r} is not allowed: expected a mapping task -> {{key: value}}")
+    tasks = [str(t) for t in bench.get("tasks") or ()]
+    for task, overrides in raw.items():
+        if str(task) not in tasks:
+            raise ConfigError(f"bench.task_set: {task!r} is not allowed: expected tasks of bench.tasks ({', '.join(tasks)})")
+        if not isinstance(overrides, dict) or not overrides:
+            raise ConfigError(f"bench.task_set.{task}={overrides!r} is not allowed: expected a mapping of keys")
+        trial = copy.deepcopy(config)
+        for key, setting in overrides.items():
+            set_key(trial, key, setting, where=f"bench.task_set.{task}:")
+        try:
+            FedPFTConfig.from_sections(trial)
+        except ConfigError as exc:
+            raise ConfigError(f"bench.task_set.{task}: {exc}") from None
+    return {str(t): dict(v) for t, v in raw.items()}
 
 
 def _apply_smoke(bench: Dict[str, Any], config: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
@@ -211,7 +241,7 @@ def plan_cells(spec: BenchSpec, methods: Optional[Sequence[str]] = None, tasks: 
             continue
         try:
             if runnable_only:
-                load_task(task, max_train=8, max_test=8)
+                load_task(spec.dataset_of(task), max_train=8, max_test=8)
         except FedPFTError as exc:
             notes.append(f"task {task} skipped: {exc}")
             continue
@@ -245,7 +275,7 @@ def cell_config(spec: BenchSpec, cell: Cell, cache_dir: Path) -> Dict[str, Dict[
     set_key(config, "partition_method", method, where=where)
     if alpha:
         set_key(config, "partition_alpha", float(alpha), where=where)
-    for key, value in cell.overrides:
+    for key, value in list(spec.task_set.get(cell.task, {}).items()) + list(cell.overrides):
         set_key(config, key, value, where=where)
     flat = flatten(config)
     if not flat.get("data_cache_dir") and not flat.get("fedpft_cache_dir"):
