@@ -53,7 +53,7 @@ WORK=$(mktemp -d)
 TOKENIZER=$BUNDLE/tokenizer
 if [ "$CHECK" = 1 ]; then
   [ -d "$TOKENIZER" ] || TOKENIZER=$("$PY" -c "from fedpft_algo.models import resolve_model_dir as r; print(r('minilm-l6', verify=False))")
-  step model 120 "$PY" benchmarks/gpu/make_model.py "$WORK/model" --tokenizer "$TOKENIZER" --tiny >/dev/null
+  step model 300 "$PY" benchmarks/gpu/make_model.py "$WORK/model" --tokenizer "$TOKENIZER" --tiny >/dev/null
   SIM_PY=$PY
   DEVICE=(using_gpu=false)
 else
@@ -64,7 +64,7 @@ else
     "$SIM_PY" -c "import $name" 2>/dev/null || echo "run.sh: $name is not installed here and not in the bundle (BUNDLE_ALL=1 make_bundle.sh adds it)" >&2
   done
   step install 180 "$SIM_PY" -m pip install -q --no-index --no-deps --find-links "$BUNDLE/wheels" -r "$BUNDLE/requirements.txt"
-  step model 120 "$SIM_PY" benchmarks/gpu/make_model.py "$WORK/model" --tokenizer "$TOKENIZER" >/dev/null
+  step model 300 "$SIM_PY" benchmarks/gpu/make_model.py "$WORK/model" --tokenizer "$TOKENIZER" >/dev/null
   DEVICE=(using_gpu=true gpu_mapping_file="$WORK/gpu_mapping.yaml" gpu_mapping_key=mapping_one_gpu fedpft_precision=bf16)
 fi
 # FedML's process -> GPU map: this host, one GPU, every process (server + 3 clients) on it
