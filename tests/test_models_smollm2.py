@@ -40,7 +40,7 @@ def test_smollm2_converts_to_a_llama_folder_that_answers_like_the_gguf(smollm2_d
 def test_smollm2_second_resolve_reuses_the_folder_and_checks_its_weights(smollm2_dir, tmp_path):
     cache = models.Path(smollm2_dir).parents[1]
     assert models.resolve_model_dir("smollm2-135m", cache) == smollm2_dir
-    copy = tmp_path / "models" / "smollm2-135m-instruct"
+    copy = tmp_path / "models" / "smollm2-135m-instruct-fp32"
     copy.mkdir(parents=True)
     for item in models.Path(smollm2_dir).iterdir():
         (copy / item.name).write_bytes(item.read_bytes())
@@ -57,7 +57,7 @@ def test_smollm2_gguf_with_another_hash_is_refused_before_conversion(monkeypatch
     monkeypatch.setattr(models, "SMOLLM2_GGUF_SHA256", "0" * 64)
     with pytest.raises(ModelError, match=r"does not match the pinned hash of SmolLM2-135M-Instruct"):
         models.resolve_model_dir("smollm2-135m", tmp_path)
-    assert not (tmp_path / "models" / "smollm2-135m-instruct").exists()
+    assert not (tmp_path / "models" / "smollm2-135m-instruct-fp32").exists()
 
 
 def test_smollm2_instruction_example_labels_only_the_answer_after_the_chat_template(smollm2_dir):
