@@ -142,15 +142,20 @@ def _variants(bench, config) -> Dict[str, Tuple[str, Tuple[Tuple[str, Any], ...]
         overrides = value.get("set") or {}
         if not isinstance(overrides, dict):
             raise ConfigError(f"bench.variants.{name}.set={overrides!r} is not allowed: expected a mapping of keys")
-        trial = copy.deepcopy(config)
-        for key, setting in overrides.items():
-            set_key(trial, key, setting, where=f"bench.variants.{name}.set:")
-        try:
-            FedPFTConfig.from_sections(trial)
-        except ConfigError as exc:
-            raise ConfigError(f"bench.variants.{name}: {exc}") from None
+        _check_overrides(config, overrides, f"bench.variants.{name}", ".set")
         variants[str(name)] = (value["method"], tuple(sorted(overrides.items())))
     return variants
+
+
+def _check_overrides(config, overrides: Dict[str, Any], where: str, suffix: str = "") -> None:
+    """``overrides`` (FedML / ``fedpft_*`` keys) applied to a copy of ``config`` make a valid config."""
+    trial = copy.deepcopy(config)
+    for key, setting in overrides.items():
+        set_key(trial, key, setting, where=f"{where}{suffix}:")
+    try:
+        FedPFTConfig.from_sections(trial)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _task_set(bench, config) -> Dict[str, Dict[str, Any]]:
@@ -164,13 +169,7 @@ def _task_set(bench, config) -> Dict[str, Dict[str, Any]]:
             raise ConfigError(f"bench.task_set: {task!r} is not allowed: expected tasks of bench.tasks ({', '.join(tasks)})")
         if not isinstance(overrides, dict) or not overrides:
             raise ConfigError(f"bench.task_set.{task}={overrides!r} is not allowed: expected a mapping of keys")
-        trial = copy.deepcopy(config)
-        for key, setting in overrides.items():
-            set_key(trial, key, setting, where=f"bench.task_set.{task}:")
-        try:
-            FedPFTConfig.from_sections(trial)
-        except ConfigError as exc:
-            raise ConfigError(f"bench.task_set.{task}: {exc}") from None
+        _check_overrides(config, overrides, f"bench.task_set.{task}")
     return {str(t): dict(v) for t, v in raw.items()}
 
 

@@ -7,19 +7,14 @@ import torch
 from fedpft_algo.core import causal_lm
 from fedpft_algo.core.causal_lm import IGNORE_INDEX
 from fedpft_algo.errors import DataError
+from tests.helpers import tiny_causal_lm
 
 VOCAB = 100
 
 
 @pytest.fixture
 def tiny_llama():
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.for_model("llama", vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
-                                  num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
-                                  max_position_embeddings=64, pad_token_id=0)
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(config).eval()
+    return tiny_causal_lm(VOCAB, num_layers=2, max_positions=64)
 
 
 class CharTokenizer:

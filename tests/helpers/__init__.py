@@ -15,3 +15,15 @@ CONFIG_DIR = REPO_DIR / "fedml_config"
 def pythonpath() -> str:
     """``PYTHONPATH`` for a participant process: the helpers first, then what this process was given."""
     return os.pathsep.join(p for p in (str(HELPERS_DIR), os.environ.get("PYTHONPATH", "")) if p)
+
+
+def tiny_causal_lm(vocab_size: int, num_layers: int, max_positions: int):
+    """A config-built LLaMA-style decoder (GQA: 4 query heads, 2 key/value heads; gated FFN of 64), seeded."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model("llama", vocab_size=vocab_size, hidden_size=32, num_hidden_layers=num_layers,
+                                  num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+                                  max_position_embeddings=max_positions, pad_token_id=0)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config).eval()

@@ -15,6 +15,7 @@ from fedpft_algo.data.base import TaskData
 from fedpft_algo.data.instruction import IGNORE_INDEX, CausalCollator, encode_instructions, render_prompt
 from fedpft_algo.errors import ConfigError, DataError
 from fedpft_algo.tasks import get_task_kind, resolve_task_kind
+from tests.helpers import tiny_causal_lm
 
 VOCAB = 100
 
@@ -36,13 +37,7 @@ class CharTokenizer:
 
 @pytest.fixture
 def decoder():
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.for_model("llama", vocab_size=VOCAB, hidden_size=32, num_hidden_layers=4,
-                                  num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
-                                  max_position_embeddings=128, pad_token_id=0)
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(config).eval()
+    return tiny_causal_lm(VOCAB, num_layers=4, max_positions=128)
 
 
 def _task():
