@@ -53,12 +53,17 @@ def model_config(name: str, tiny: bool):
     return AutoConfig.for_model(model_type, num_labels=2, **keys)
 
 
+ANSWER_TOKENS = 4   # decoder shapes: answer tokens per example (the loss and its logits cover these only)
+
+
 def probe(name: str, kind: str, precision: str, device: str, *, steps: int, batch: int, seq: int, tiny: bool) -> dict:
     import torch
 
     from fedpft_algo.bench.client_cost import _client_model, _optimiser_step, peak_rss_mb
     from fedpft_algo.config import FedPFTConfig
+    from fedpft_algo.core.arch import model_class_for
     from fedpft_algo.core.compression import count_parameters, flops_per_token
+    from fedpft_algo.tasks import resolve_task_kind
 
     cuda = device.startswith("cuda")
     config = FedPFTConfig()   # keep ratio 0.25, layers 0 and -1 whole, LoRA r 8 on Q, K, V, O
@@ -67,26 +72,30 @@ def probe(name: str, kind: str, precision: str, device: str, *, steps: int, batc
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(0)
+    task_kind = resolve_task_kind("auto", cfg)   # decoders: instruction (answer-only loss); encoders: a head
     with torch.device(device):
-        client, skeleton = _client_model(kind, cfg, config)
+        client, skeleton = _client_model(kind, cfg, config, model_class_for(cfg, causal_lm=task_kind.causal_lm))
     client.train()
     built = torch.cuda.memory_allocated(device) if cuda else None
-    params, step = _optimiser_step(kind, client, 8e-4, 5e-5, 0.01)
+    # the package's own client step: autocast under ``precision`` (and fp16's scaler), the task kind's loss
+    params, step = _optimiser_step(kind, client, 8e-4, 5e-5, 0.01, device=device, precision=precision,
+                                   loss_fn=task_kind.loss)
     generator = torch.Generator(device=device).manual_seed(0)
     low = 3 if cfg.model_type != "llama" else 1   # past the special ids
 
     def batch_of():
         ids = torch.randint(low, cfg.vocab_size, (batch, seq), device=device, generator=generator)
-        labels = torch.randint(0, 2, (batch,), device=device, generator=generator)
+        if task_kind.causal_lm:   # an instruction example: the last ANSWER_TOKENS positions are the answer
+            labels = torch.full_like(ids, -100)
+            labels[:, -ANSWER_TOKENS:] = ids[:, -ANSWER_TOKENS:]
+        else:
+            labels = torch.randint(0, 2, (batch,), device=device, generator=generator)
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
 
     batches = [batch_of() for _ in range(steps)]
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-
     def run(items):
         for item in items:
-            with torch.autocast(device_type="cuda" if cuda else "cpu", dtype=dtype, enabled=precision != "fp32"):
-                step(item)
+            step(item)
 
     run(batches[:2])   # warm-up: allocations, kernels, optimiser state
     if cuda:
