@@ -1,7 +1,7 @@
 # FedPFT for FedML: the two commands a newcomer needs, plus helpers.
 #   make run    set up .venv (if needed) and run the main job (MPI simulation, MiniLM-L6, Rotten Tomatoes)
 #   make test   set up .venv (if needed) and run the whole test suite
-#   make test-fast  the same without the multi-process tests (markers `process`, `netns`): about 2 minutes
+#   make test-fast  the same without the multi-process tests (markers `process`, `netns`): about 4 minutes
 #   make bench  set up .venv with the optional text corpora and run the benchmark suite (resumable)
 PY := .venv/bin/python
 
