@@ -294,11 +294,18 @@ SHIPPED = Path(__file__).resolve().parents[2] / "fedml_config"
 
 
 @pytest.mark.parametrize("name, cells", [("bench", 72), ("bench_study", 7), ("bench_budget", 14), ("bench_lr", 48),
-                                         ("bench_variants", 28)])
+                                         ("bench_variants", 28), ("bench_base", 32)])
 def test_shipped_bench_yamls_load_and_plan(name, cells):
     spec = load_spec(SHIPPED / f"{name}.yaml")
 
     assert len(plan_cells(spec, runnable_only=False)[0]) == cells
+
+
+def test_bench_base_smoke_is_one_small_cell():
+    spec = load_spec(SHIPPED / "bench_base.yaml", smoke=True)
+
+    cells = plan_cells(spec, runnable_only=False)[0]
+    assert len(cells) == 1 and cells[0].model == "mpnet-base"
 
 
 def test_bench_lr_resumes_the_default_suites_cells(tmp_path):
