@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 DIR=${1:-benchmarks/gpu/bundle}
 PY=${PY:-.venv/bin/python}
-[ -x "$PY" ] || PY=/work/main/.venv/bin/python
+[ -x "$PY" ] || { echo "make_bundle: $PY not found: run scripts/setup_env.sh first or set PY" >&2; exit 2; }
 PYVER=${PYVER:-$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')}
 LIMIT_MB=${LIMIT_MB:-60}
 # Left out unless BUNDLE_ALL=1: the three largest (scipy 34 MiB, pandas 11 MiB, pillow 7 MiB for 3.11), which a

@@ -20,7 +20,8 @@ mkdir -p "$OUT_DIR"
 export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH} HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
 export HOME=${HOME:-/root} OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 if [ "$CHECK" = 1 ]; then
-  PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo /work/main/.venv/bin/python )}
+  PY=${PY:-.venv/bin/python}   # the project's venv (scripts/setup_env.sh), or PY=... for another
+  [ -x "$PY" ] || { echo "run.sh --check: $PY not found: run scripts/setup_env.sh first or set PY" >&2; exit 2; }
 else
   PY=${PY:-python3}
 fi
