@@ -116,29 +116,28 @@ def output_loss(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor]
 
 
 @torch.no_grad()
-def evaluate_output(teacher: nn.Module, student: nn.Module, batches: Sequence[Batch], device,
-                    precision: str = "fp32") -> float:
-    total = 0.0
-    for batch in batches:
-        with autocast_for(device, precision):
-            t, s = hidden_states(teacher, batch, device), hidden_states(student, batch, device)
-        t, s = [h.float() for h in t], [h.float() for h in s]
-        total += output_loss(t, s, _valid_mask(batch, t[0])).item()
-    return total / max(1, len(batches))
+def evaluate_alignment(teacher: nn.Module, student: nn.Module, batches: Sequence[Batch], layers: Sequence[int],
+                       device, precision: str = "fp32") -> Dict[int, float]:
+    return _evaluate(teacher, student, batches, layers, device, precision)[0]
 
 
 @torch.no_grad()
-def evaluate_alignment(teacher: nn.Module, student: nn.Module, batches: Sequence[Batch], layers: Sequence[int],
-                       device, precision: str = "fp32") -> Dict[int, float]:
+def _evaluate(teacher: nn.Module, student: nn.Module, batches: Sequence[Batch], layers: Sequence[int],
+              device, precision: str = "fp32") -> Tuple[Dict[int, float], float]:
+    """Mean per-layer losses of ``layers`` and the mean final-hidden-state loss, from one pass per batch."""
     totals = {index: 0.0 for index in layers}
+    output = 0.0
     for batch in batches:
         with autocast_for(device, precision):
             t = hidden_states(teacher, batch, device)
             s = hidden_states(student, batch, device)
         t, s = [h.float() for h in t], [h.float() for h in s]
-        for index, loss in layer_losses(t, s, _valid_mask(batch, t[0]), layers).items():
+        mask = _valid_mask(batch, t[0])
+        for index, loss in layer_losses(t, s, mask, layers).items():
             totals[index] += loss.item()
-    return {index: total / max(1, len(batches)) for index, total in totals.items()}
+        output += output_loss(t, s, mask).item()
+    count = max(1, len(batches))
+    return {index: total / count for index, total in totals.items()}, output / count
 
 
 def _ffn_parameters(model: nn.Module, layers: Sequence[int]) -> List[Tuple[str, nn.Parameter, Optional[int]]]:
@@ -246,8 +245,7 @@ def align_layers_(full_model: nn.Module, sub_model: nn.Module, batches: Iterable
     final hidden state's loss beside the per-layer loss."""
     start = time.perf_counter()
     full_model.eval()
-    before = evaluate_alignment(full_model, sub_model, eval_batches, layers, device, precision)
-    output_before = evaluate_output(full_model, sub_model, eval_batches, device, precision)
+    before, output_before = _evaluate(full_model, sub_model, eval_batches, layers, device, precision)
     items = _ffn_parameters(sub_model, layers)
     params = [p for _, p, _ in items]
     with _OnlyTrain(sub_model, params):
@@ -255,9 +253,9 @@ def align_layers_(full_model: nn.Module, sub_model: nn.Module, batches: Iterable
                        weight_decay=weight_decay, warmup_ratio=warmup_ratio, max_grad_norm=max_grad_norm,
                        device=device, desc="layer-level alignment", progress=progress, precision=precision,
                        output_weight=output_weight)
-    after = evaluate_alignment(full_model, sub_model, eval_batches, layers, device, precision)
+    after, output_after = _evaluate(full_model, sub_model, eval_batches, layers, device, precision)
     report = AlignmentReport("layer", done, time.perf_counter() - start, before, after, [n for n, _, _ in items],
-                             output_before, evaluate_output(full_model, sub_model, eval_batches, device, precision))
+                             output_before, output_after)
     logger.info("layer-level alignment: %d steps, loss %.4f -> %.4f (%.1fs)",
                 done, report.mean_before, report.mean_after, report.seconds)
     return report
