@@ -149,8 +149,7 @@ class FedPFTAggregator(ServerAggregator):
         self._plug_into_full_model(aggregated_model_or_grad)
         plug_in_(self.sub_model, aggregated_model_or_grad)
         grad = self._pending["grad"] = self._gradient_error("before")
-        fm = self.task_kind.evaluate(self.model, self.test_data, self.device, self.config.precision)
-        sub = self.task_kind.evaluate(self.sub_model, self.test_data, self.device, self.config.precision)
+        fm, sub = self._evaluate_both()
         self._write_sample(round_idx, self.model)
         payload = OrderedDict(aggregated_model_or_grad)
         align_seconds, changed = 0.0, []
@@ -296,12 +295,19 @@ class FedPFTAggregator(ServerAggregator):
         statistic = self.config.align_statistic
         return statistic if statistic != "auto" else ("mean_abs" if self.task_kind.causal_lm else "apoz")
 
+    def _evaluate_both(self):
+        """Scores of the plugged-in FM and of the proxy. FedPETuning's proxy is the FM itself (the same weights,
+        LoRA and head), so it is scored once and its score reported for both."""
+        fm = self.task_kind.evaluate(self.model, self.test_data, self.device, self.config.precision)
+        if not self.method.uses_proxy:
+            return fm, fm
+        return fm, self.task_kind.evaluate(self.sub_model, self.test_data, self.device, self.config.precision)
+
     def _zero_shot(self) -> dict:
         """The FM and the (aligned) proxy scored before any training: the field's zero-shot rows."""
         self.runlog.progress("zero-shot evaluation")
         row = {}
-        for prefix, model in (("fm_zero_shot", self.model), ("proxy_zero_shot", self.sub_model)):
-            scores = self.task_kind.evaluate(model, self.test_data, self.device, self.config.precision)
+        for prefix, scores in zip(("fm_zero_shot", "proxy_zero_shot"), self._evaluate_both()):
             row.update((f"{prefix}_{k}", scores[k]) for k in ("accuracy", "macro_f1", "loss", "perplexity")
                        if k in scores)
         self._write_sample(-1, self.model, stage="fm_zero_shot")
