@@ -29,7 +29,7 @@ def test_llm_bench_matrix_and_per_task_settings():
               for t in spec.tasks}
     assert config["rotten_tomatoes_lm"]["dataset"] == "rotten_tomatoes"
     assert config["rotten_tomatoes_lm"]["fedpft_task_kind"] == "language_modeling"
-    assert config["trec6"]["fedpft_label_answers"][3] == "person" and config["trec6"]["max_test_examples"] == 60
+    assert config["trec6"]["fedpft_label_answers"][3] == "person" and config["trec6"]["max_test_examples"] == 48
     assert config["rotten_tomatoes"]["fedpft_label_answers"] == ["negative", "positive"]
     assert config["rotten_tomatoes"]["model"] == "smollm2-135m" and config["rotten_tomatoes"]["backend"] == "sp"
 
