@@ -78,11 +78,16 @@ def plot_accuracy(rounds: Sequence[Dict[str, Any]], path: Path) -> bool:
     """Accuracy of the full model and of the sub-model per round; dotted lines mark alignment rounds.
 
     Uses matplotlib's Agg canvas directly (no pyplot state, no display needed). Returns False when
-    there is nothing to plot.
+    there is nothing to plot, or when matplotlib is missing (a machine set up by hand, such as the GPU
+    check's: the run's results are in metrics.json/csv; the plot is the one thing left out, with a warning).
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
+    except ModuleNotFoundError:
+        logger.warning("matplotlib is not installed: %s not written (pip install matplotlib)", path)
+        return False
 
     x = list(range(1, len(rounds) + 1))   # 1-based, like the progress lines (``round`` is 0-based)
     series = [(key, label) for key, label in (("accuracy", "full model (FM + plugged-in LoRA)"),

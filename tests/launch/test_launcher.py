@@ -6,6 +6,7 @@ checks with ``/proc`` that no process of the run is left.
 """
 import json
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -250,6 +251,18 @@ def test_write_results_writes_csv_json_and_png(tmp_path):
 def test_write_results_without_accuracy_skips_the_plot(tmp_path):
     assert results.write_results(tmp_path, [{"round": 0, "loss": 1.0}])[2] is None
     assert not (tmp_path / "accuracy.png").exists()
+
+
+def test_write_results_without_matplotlib_writes_the_metrics_and_says_the_plot_is_missing(tmp_path, monkeypatch,
+                                                                                          caplog):
+    for name in ("matplotlib", "matplotlib.backends.backend_agg", "matplotlib.figure", "matplotlib.ticker"):
+        monkeypatch.setitem(sys.modules, name, None)   # `import` raises ModuleNotFoundError
+    rounds = [{"round": 0, "accuracy": 0.5, "sub_accuracy": 0.4, "loss": 0.7}]
+    with caplog.at_level("WARNING"):
+        csv_path, json_path, png_path = results.write_results(tmp_path, rounds)
+    assert png_path is None and not (tmp_path / "accuracy.png").exists()
+    assert json.loads(json_path.read_text()) == rounds and csv_path.exists()
+    assert "matplotlib is not installed" in caplog.text and "accuracy.png not written" in caplog.text
 
 
 # ====================================================================== real processes with the fake participant
