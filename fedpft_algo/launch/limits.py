@@ -12,10 +12,11 @@ so ``fedpft run`` exits 2 without a run directory instead of failing inside a pa
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from ..errors import ConfigError
 from .plan import is_int
@@ -122,19 +123,78 @@ def check_devices(plan, *, cuda_devices: Optional[int] = None) -> Dict[int, str]
         except ConfigError as exc:
             raise ConfigError(f"config file {plan.config_file}: {exc}") from None
 
-    if using_gpu:
-        devices_of(None)   # the mapping's own errors first, whatever this machine has
-        if cuda_devices is None:
-            cuda_devices = _cuda_devices()
-        if not cuda_devices:
-            raise ConfigError(f"config file {plan.config_file}: device_args.using_gpu=True but this machine has no "
-                              f"CUDA device (torch sees none): set device_args.using_gpu: false to run on CPU")
-    devices = devices_of(cuda_devices if using_gpu else None)
+    if using_gpu and plan.hostfile is not None:
+        devices = devices_of(None)   # the mapping's own errors first
+        _check_gpus_across_hosts(plan, flat, cuda_devices)
+    else:
+        if using_gpu:
+            devices_of(None)   # the mapping's own errors first, whatever this machine has
+            if cuda_devices is None:
+                cuda_devices = _cuda_devices()
+            if not cuda_devices:
+                raise ConfigError(f"config file {plan.config_file}: device_args.using_gpu=True but this machine has "
+                                  f"no CUDA device (torch sees none): set device_args.using_gpu: false to run on CPU")
+        devices = devices_of(cuda_devices if using_gpu else None)
     precision = flat.get("fedpft_precision", "fp32")
     if precision == "fp16" and not using_gpu:
         raise _bad(plan, "fedpft_precision", precision, "fp32 or bf16 on CPU (fp16 needs CUDA and its gradient "
                                                         "scaler: set device_args.using_gpu: true on a GPU node)")
     return devices
+
+
+def _check_gpus_across_hosts(plan, flat, cuda_devices: Optional[int]) -> None:
+    """With a hostfile, FedML's GPU mapping and Open MPI's placement must group the ranks on hosts alike (FedML
+    picks a rank's GPU by its position in the mapping, not by the host it runs on), and only the GPUs of the ranks
+    this host runs can be checked here: the launching host may hold none of them, or no GPU at all."""
+    from ..settings import gpu_mapping
+    from . import hosts as mpi_hosts
+
+    slots = gpu_mapping(flat["gpu_mapping_file"], str(flat["gpu_mapping_key"]))
+    placed = mpi_hosts.place_ranks(plan.hosts, plan.num_processes)
+    mapped = [host for host, _ in slots]
+    if _host_runs(mapped) != _host_runs(placed):
+        raise ConfigError(f"config file {plan.config_file}: gpu mapping file {flat['gpu_mapping_file']} key "
+                          f"{flat['gpu_mapping_key']!r} groups the ranks on hosts as {_describe_runs(mapped)} but "
+                          f"hostfile {plan.hostfile} places them {_describe_runs(placed)}: list the hostfile's hosts "
+                          f"in its order in the mapping, each with as many processes as it runs ranks")
+    local = [rank for rank, host in enumerate(placed) if _is_this_host(host)]
+    if not local:
+        return   # every rank runs elsewhere: their hosts' GPUs are theirs to check
+    if cuda_devices is None:
+        cuda_devices = _cuda_devices()
+    for rank in local:
+        if slots[rank][1] >= cuda_devices:
+            raise ConfigError(f"config file {plan.config_file}: rank {rank} runs on this host ({placed[rank]}, by "
+                              f"hostfile {plan.hostfile}) on GPU {slots[rank][1]} of the mapping; this host has "
+                              f"{cuda_devices} visible GPU(s): set device_args.using_gpu: false to run on CPU, or "
+                              f"give this host's ranks GPUs it has")
+
+
+def _host_runs(hosts: List[str]) -> List[int]:
+    """The lengths of the runs of consecutive ranks on one host: ``[a, a, b] -> [2, 1]``."""
+    return [len(list(run)) for _, run in itertools.groupby(hosts)]
+
+
+def _describe_runs(hosts: List[str]) -> str:
+    parts, start = [], 0
+    for host, run in itertools.groupby(hosts):
+        count = len(list(run))
+        parts.append(f"{host}: rank {start}" if count == 1 else f"{host}: ranks {start}-{start + count - 1}")
+        start += count
+    return "(" + ", ".join(parts) + ")"
+
+
+def _is_this_host(name: str) -> bool:
+    """Whether a hostfile's host (``[user@]name`` or an address) is the machine the launcher runs on."""
+    import socket
+
+    name = name.rsplit("@", 1)[-1]
+    own = {"localhost", "127.0.0.1", "::1", socket.gethostname(), socket.getfqdn()}
+    try:
+        own.update(socket.gethostbyname_ex(socket.gethostname())[2])
+    except OSError:
+        pass
+    return name in own or name.startswith("127.")
 
 
 def _cuda_devices() -> int:

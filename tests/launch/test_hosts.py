@@ -9,10 +9,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fedpft_algo import cli, launch as launcher
 from fedpft_algo.errors import ConfigError
-from fedpft_algo.launch import hosts, processes
+from fedpft_algo.launch import hosts, limits, processes
 from fedpft_algo.launch.hosts import Host
 from fedpft_algo.rundir.layout import RunDir
 from tests.helpers import pythonpath
@@ -91,6 +92,34 @@ def test_hosts_with_fewer_slots_than_processes_are_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"mpi_hostfile .*: 2 slot\(s\) on 2 host\(s\) is fewer than the run's 3 "
                                           r"processes \(1 server \+ 2 clients\)"):
         launcher.plan_run(CONFIG_DIR / "cross_silo_mpi.yaml", ["client_num_per_round=2"], hostfile=str(path))
+
+
+def _gpu_plan(tmp_path, hostfile_text: str, mapping: dict):
+    (tmp_path / "mapping.yaml").write_text(yaml.safe_dump({"key": mapping}, sort_keys=False))   # file order counts
+    return launcher.plan_run(CONFIG_DIR / "simulation_mpi.yaml",
+                             ["using_gpu=true", f"gpu_mapping_file={tmp_path / 'mapping.yaml'}", "gpu_mapping_key=key"],
+                             hostfile=str(hostfile(tmp_path, hostfile_text)))
+
+
+def test_gpus_across_hosts_need_no_gpu_on_the_launching_host(tmp_path):
+    # a head node without CUDA starts ranks on two GPU nodes: their GPUs are theirs to check
+    plan = _gpu_plan(tmp_path, "gpu-a slots=1\ngpu-b slots=2\n", {"gpu-a": [1], "gpu-b": [1, 1]})
+    assert limits.check_devices(plan, cuda_devices=0) == {0: "cuda:0", 1: "cuda:0", 2: "cuda:1"}
+
+
+def test_a_mapping_that_groups_ranks_unlike_the_hostfile_is_refused(tmp_path):
+    plan = _gpu_plan(tmp_path, "gpu-a slots=1\ngpu-b slots=2\n", {"gpu-a": [2], "gpu-b": [1]})
+    with pytest.raises(ConfigError, match=r"key 'key' groups the ranks on hosts as \(gpu-a: ranks 0-1, gpu-b: rank 2\) "
+                                          r"but hostfile .*hosts places them \(gpu-a: rank 0, gpu-b: ranks 1-2\)"):
+        limits.check_devices(plan, cuda_devices=0)
+
+
+def test_the_gpus_of_ranks_on_this_host_are_checked_against_its_own(tmp_path):
+    plan = _gpu_plan(tmp_path, "localhost slots=2\ngpu-b slots=1\n", {"here": [1, 1], "gpu-b": [1]})
+    assert limits.check_devices(plan, cuda_devices=2) == {0: "cuda:0", 1: "cuda:1", 2: "cuda:0"}
+    with pytest.raises(ConfigError, match=r"rank 1 runs on this host \(localhost, by hostfile .*\) on GPU 1 of the "
+                                          r"mapping; this host has 1 visible GPU\(s\): set device_args.using_gpu: false"):
+        limits.check_devices(plan, cuda_devices=1)
 
 
 @pytest.mark.parametrize("config", ["simulation_sp", "cross_silo_grpc"])
