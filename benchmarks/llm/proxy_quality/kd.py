@@ -1,0 +1,81 @@
+"""Does distilling the FM's next-token distribution (KL on logits over public text) make SmolLM2's sub-FM a proxy,
+where per-layer hidden-state MSE (the paper's layer-level alignment, 60 steps) leaves answer loss ~8.7 and gradient
+cosine ~0? Starts from the bench's cached 60-step aligned sub-FM (keep 0.25), trains the compressed layers' FFN."""
+import copy, dataclasses, json, os, sys, time
+import torch
+import torch.nn.functional as F
+import fedpft_algo  # noqa
+from fedpft_algo.config import FedPFTConfig
+from fedpft_algo.core.lora import add_lora, plug_in_, trainable_state
+from fedpft_algo.core.gradient_error import GradientProbe
+from fedpft_algo.data.tasks import load_task
+from fedpft_algo.data.public import load_public
+from fedpft_algo.data.loaders import encode_inputs, make_collator, make_loader
+from fedpft_algo.methods import get_method
+from fedpft_algo.models import load_full_model, load_encoder
+from fedpft_algo.tasks import get_task_kind
+torch.set_num_threads(int(sys.argv[1])); total = int(sys.argv[2]); every = int(sys.argv[3])
+task = load_task("rotten_tomatoes")
+fm = load_full_model("smollm2-135m", 2, causal_lm=True).eval()
+base = dict(prompt_template="Review: {text}\nIs this movie review positive or negative? Answer with one of: {choices}.",
+            label_answers=["negative", "positive"], task_kind="instruction", retained_layers=[0, -1], lora_r=8,
+            max_length=160, public_size=400, layer_align_steps=60, ffn_keep_ratio=0.25)
+config = FedPFTConfig(**base)
+kind = get_task_kind("instruction")
+encoder = load_encoder("smollm2-135m", fm.config)
+small = dataclasses.replace(task, test_inputs=task.test_inputs[:16], test_labels=task.test_labels[:16])
+batch = kind.probe_batch(kind.eval_set(encoder, small, config, 16))
+collator = make_collator(encoder)
+public = load_public(None, task=task, max_examples=400, seed=0)
+features = encode_inputs(encoder, public, 160, None)
+n_eval = min(len(features) // 5, 4 * config.layer_align_batch_size)
+eval_batches = list(make_loader(features, indices=range(n_eval), collator=collator, batch_size=16))
+public_loader = make_loader(features, indices=range(n_eval, len(features)), collator=collator, batch_size=16, shuffle=True, seed=0)
+t = time.time()
+proxy = get_method("fedpft").build_proxy(fm, config, public_loader, eval_batches, cache_dir=os.environ.get("PROXY_CACHE", "benchmarks/llm/cache/fedpft"),
+                                         cache_extra=f"convention_speeches:{len(features)}:0")
+print("proxy from cache:", proxy.from_cache, round(time.time() - t), flush=True)
+sub = proxy.model
+layers = config.compressed_layers(len(sub.model.layers))
+params = [p for i in layers for p in sub.model.layers[i].mlp.parameters()]
+for p in sub.parameters():
+    p.requires_grad_(False)
+for p in params:
+    p.requires_grad_(True)
+opt = torch.optim.AdamW(params, lr=6e-4, weight_decay=0.01)
+
+def measure(step):
+    full_l, sub_l = add_lora(copy.deepcopy(fm), config), add_lora(copy.deepcopy(sub), config)
+    plug_in_(full_l, trainable_state(sub_l)); full_l.eval(); sub_l.eval()
+    row = {"kd_steps": step, **GradientProbe(batch, loss_fn=kind.loss).measure(full_l, sub_l, "init")}
+    with torch.no_grad():
+        row["answer_loss_fm"], row["answer_loss_sub"] = kind.loss(full_l, batch).item(), kind.loss(sub_l, batch).item()
+    print(json.dumps(row), flush=True)
+
+if len(sys.argv) > 4 and sys.argv[4] == "chat":   # public sentences in the task's prompt, through the chat template
+    from fedpft_algo.models import load_tokenizer
+    tok = load_tokenizer("smollm2-135m")
+    texts = [tok.apply_chat_template([{"role": "user", "content": base["prompt_template"].format(
+        text=s, choices="negative, positive")}], add_generation_prompt=True, tokenize=False) for s in public[n_eval:]]
+    tok.padding_side = "right"
+    chat = [dict(tok(texts[i:i + 16], padding=True, truncation=True, max_length=160, return_tensors="pt"))
+            for i in range(0, len(texts) - 15, 16)]
+    public_loader = chat
+    print("chat-formatted public prompts:", len(texts), chat[0]["input_ids"].shape, flush=True)
+measure(0)
+step = 0
+sub.train()
+while step < total:
+    for b in public_loader:
+        mask = b["attention_mask"].bool()
+        with torch.no_grad():
+            t_logits = fm(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[mask]
+        s_logits = sub(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[mask]
+        loss = F.kl_div(F.log_softmax(s_logits, -1), F.log_softmax(t_logits, -1), log_target=True, reduction="batchmean")
+        opt.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step()
+        step += 1
+        print(f"step {step} kl {loss.item():.3f} {time.time() - t:.0f}s", flush=True)
+        if step % every == 0:
+            sub.eval(); measure(step); sub.train()
+        if step >= total:
+            break
