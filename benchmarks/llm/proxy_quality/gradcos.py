@@ -10,7 +10,7 @@ from fedpft_algo.core.gradient_error import GradientProbe
 from fedpft_algo.data.tasks import load_task
 from fedpft_algo.models import load_full_model, load_encoder
 from fedpft_algo.tasks import get_task_kind
-torch.set_num_threads(1)
+torch.set_num_threads(int(__import__("os").environ.get("THREADS", "1")))
 task = load_task("rotten_tomatoes")
 fm = load_full_model("smollm2-135m", 2, causal_lm=True).eval()
 base = dict(prompt_template="Review: {text}\nIs this movie review positive or negative? Answer with one of: {choices}.",
