@@ -63,7 +63,7 @@ def _offline_fetch_all_configs(self):  # same signature as MLOpsConfigs.fetch_al
 
 
 def load_fedml() -> types.ModuleType:
-    """Import ``fedml`` with both fixes applied and return the module."""
+    """Import ``fedml`` with the three fixes applied and return the module."""
     ensure_torchvision_ops()
     ensure_numpy_aliases()
     # FedML reads these at import time; keep it from phoning home for version checks.

@@ -123,18 +123,17 @@ def check_devices(plan, *, cuda_devices: Optional[int] = None) -> Dict[int, str]
         except ConfigError as exc:
             raise ConfigError(f"config file {plan.config_file}: {exc}") from None
 
-    if using_gpu and plan.hostfile is not None:
-        devices = devices_of(None)   # the mapping's own errors first
-        _check_gpus_across_hosts(plan, flat, cuda_devices)
-    else:
-        if using_gpu:
-            devices_of(None)   # the mapping's own errors first, whatever this machine has
+    if using_gpu:
+        devices_of(None)   # the mapping's own errors first, whatever this machine has
+        if plan.hostfile is not None:   # across hosts: this host checks the GPUs of its own ranks only
+            _check_gpus_across_hosts(plan, flat, cuda_devices)
+        else:
             if cuda_devices is None:
                 cuda_devices = _cuda_devices()
             if not cuda_devices:
                 raise ConfigError(f"config file {plan.config_file}: device_args.using_gpu=True but this machine has "
                                   f"no CUDA device (torch sees none): set device_args.using_gpu: false to run on CPU")
-        devices = devices_of(cuda_devices if using_gpu else None)
+    devices = devices_of(cuda_devices if using_gpu and plan.hostfile is None else None)
     precision = flat.get("fedpft_precision", "fp32")
     if precision == "fp16" and not using_gpu:
         raise _bad(plan, "fedpft_precision", precision, "fp32 or bf16 on CPU (fp16 needs CUDA and its gradient "
