@@ -2,28 +2,16 @@
 before any alignment: is the decoder proxy's ~0 cosine in the bench a pipeline error (keep 1.0 must give 1.0) or the proxy?"""
 import copy, json, sys, time
 import torch
-import fedpft_algo  # noqa
+from common import BASE, setup, threads
 from fedpft_algo.config import FedPFTConfig
 from fedpft_algo.core.compression import build_sub_model
 from fedpft_algo.core.lora import add_lora, plug_in_, trainable_state, is_trainable_name
 from fedpft_algo.core.gradient_error import GradientProbe
-from fedpft_algo.data.tasks import load_task
-from fedpft_algo.models import load_full_model, load_encoder
-from fedpft_algo.tasks import get_task_kind
-torch.set_num_threads(int(__import__("os").environ.get("THREADS", "1")))
-task = load_task("rotten_tomatoes")
-fm = load_full_model("smollm2-135m", 2, causal_lm=True).eval()
-base = dict(prompt_template="Review: {text}\nIs this movie review positive or negative? Answer with one of: {choices}.",
-            label_answers=["negative", "positive"], task_kind="instruction", retained_layers=[0, -1], lora_r=8, max_length=160)
-kind = get_task_kind("instruction")
-encoder = load_encoder("smollm2-135m", fm.config)
-import dataclasses; task = dataclasses.replace(task, test_inputs=task.test_inputs[:16], test_labels=task.test_labels[:16])
-eval_set = kind.eval_set(encoder, task, FedPFTConfig(**base), 16)
-batch = kind.probe_batch(eval_set)
-print({k: tuple(v.shape) for k, v in batch.items()}, flush=True)
 from fedpft_algo.data.public import _convention_speeches
-from fedpft_algo.models import load_tokenizer
-tok = load_tokenizer("smollm2-135m")
+threads()
+s = setup()
+fm, kind, batch, tok, base = s.fm, s.kind, s.batch, s.tokenizer, BASE
+print({k: tuple(v.shape) for k, v in batch.items()}, flush=True)
 sentences = _convention_speeches()[:128]
 public = [dict(tok(sentences[i:i + 16], padding=True, truncation=True, max_length=64, return_tensors="pt"))
           for i in range(0, 128, 16)]

@@ -1,39 +1,23 @@
 """Does distilling the FM's next-token distribution (KL on logits over public text) make SmolLM2's sub-FM a proxy,
 where per-layer hidden-state MSE (the paper's layer-level alignment, 60 steps) leaves answer loss ~8.7 and gradient
 cosine ~0? Starts from the bench's cached 60-step aligned sub-FM (keep 0.25), trains the compressed layers' FFN."""
-import copy, dataclasses, json, os, sys, time
+import copy, json, os, sys, time
 import torch
 import torch.nn.functional as F
-import fedpft_algo  # noqa
+from common import BASE, setup, threads
 from fedpft_algo.config import FedPFTConfig
 from fedpft_algo.core.lora import add_lora, plug_in_, trainable_state
 from fedpft_algo.core.gradient_error import GradientProbe
-from fedpft_algo.data.tasks import load_task
-from fedpft_algo.data.public import load_public
-from fedpft_algo.data.loaders import encode_inputs, make_collator, make_loader
 from fedpft_algo.methods import get_method
-from fedpft_algo.models import load_full_model, load_encoder
-from fedpft_algo.tasks import get_task_kind
-torch.set_num_threads(int(sys.argv[1])); total = int(sys.argv[2]); every = int(sys.argv[3])
-task = load_task("rotten_tomatoes")
-fm = load_full_model("smollm2-135m", 2, causal_lm=True).eval()
-base = dict(prompt_template="Review: {text}\nIs this movie review positive or negative? Answer with one of: {choices}.",
-            label_answers=["negative", "positive"], task_kind="instruction", retained_layers=[0, -1], lora_r=8,
-            max_length=160, public_size=400, layer_align_steps=60, ffn_keep_ratio=0.25)
+threads(sys.argv[1]); total = int(sys.argv[2]); every = int(sys.argv[3])
+s = setup()
+fm, kind, batch = s.fm, s.kind, s.batch
+base = dict(BASE, public_size=400, layer_align_steps=60, ffn_keep_ratio=0.25)
 config = FedPFTConfig(**base)
-kind = get_task_kind("instruction")
-encoder = load_encoder("smollm2-135m", fm.config)
-small = dataclasses.replace(task, test_inputs=task.test_inputs[:16], test_labels=task.test_labels[:16])
-batch = kind.probe_batch(kind.eval_set(encoder, small, config, 16))
-collator = make_collator(encoder)
-public = load_public(None, task=task, max_examples=400, seed=0)
-features = encode_inputs(encoder, public, 160, None)
-n_eval = min(len(features) // 5, 4 * config.layer_align_batch_size)
-eval_batches = list(make_loader(features, indices=range(n_eval), collator=collator, batch_size=16))
-public_loader = make_loader(features, indices=range(n_eval, len(features)), collator=collator, batch_size=16, shuffle=True, seed=0)
+public_loader, eval_batches, public_texts, n_public = s.public(400)
 t = time.time()
 proxy = get_method("fedpft").build_proxy(fm, config, public_loader, eval_batches, cache_dir=os.environ.get("PROXY_CACHE", "benchmarks/llm/cache/fedpft"),
-                                         cache_extra=f"convention_speeches:{len(features)}:0")
+                                         cache_extra=f"convention_speeches:{n_public}:0")
 print("proxy from cache:", proxy.from_cache, round(time.time() - t), flush=True)
 sub = proxy.model
 layers = config.compressed_layers(len(sub.model.layers))
@@ -53,10 +37,9 @@ def measure(step):
     print(json.dumps(row), flush=True)
 
 if len(sys.argv) > 4 and sys.argv[4] == "chat":   # public sentences in the task's prompt, through the chat template
-    from fedpft_algo.models import load_tokenizer
-    tok = load_tokenizer("smollm2-135m")
+    tok = s.tokenizer
     texts = [tok.apply_chat_template([{"role": "user", "content": base["prompt_template"].format(
-        text=s, choices="negative, positive")}], add_generation_prompt=True, tokenize=False) for s in public[n_eval:]]
+        text=text, choices="negative, positive")}], add_generation_prompt=True, tokenize=False) for text in public_texts]
     tok.padding_side = "right"
     chat = [dict(tok(texts[i:i + 16], padding=True, truncation=True, max_length=160, return_tensors="pt"))
             for i in range(0, len(texts) - 15, 16)]
