@@ -27,12 +27,14 @@ PROBES_JSON = "probes.json"
 _CLIENT_COST_FIELDS = ("ffn_keep_ratio", "retained_layers", "lora_r", "lora_dropout", "gradient_checkpointing",
                        "max_length", "precision", "client_backbone_dropout", "shared_lora_dropout", "compile",
                        "task_kind")
+_SUB_FM_FIELDS = ("ffn_keep_ratio", "retained_layers")     # what clients holding the whole FM do not depend on
 
 
 def _client_cost_settings(config) -> Dict[str, Any]:
     flat = flatten(config)
     fedpft = FedPFTConfig.from_flat(flat).to_dict()
-    return {"batch_size": flat.get("batch_size", 16), **{k: fedpft[k] for k in _CLIENT_COST_FIELDS}}
+    settings = {"batch_size": flat.get("batch_size", 16), **{k: fedpft[k] for k in _CLIENT_COST_FIELDS}}
+    return json.loads(json.dumps(settings))   # as probes.json stores them (tuples become lists)
 
 
 def probe_key(spec: BenchSpec, cell: Cell) -> str:
@@ -80,9 +82,21 @@ def plan_probes(spec: BenchSpec, cells, probes, execute: bool):
     wanted_probes = {}
     for cell in cells:
         key = probe_key(spec, cell)
-        if execute and key not in probes:
-            wanted_probes.setdefault(key, cell)
+        if execute and (key not in probes or probes[key].get("settings") != _probe_settings(spec, cell, probe_task)):
+            wanted_probes.setdefault(key, cell)   # never probed, or probed with other client settings (the yaml changed)
     return probe_task, wanted_probes
+
+
+def _probe_settings(spec: BenchSpec, cell: Cell, probe_task) -> Dict[str, Any]:
+    """The client settings the probe of ``cell`` measures (on its model's probe task), as saved with it."""
+    from .client_cost import _FULL_MODEL_KINDS, kind_of
+
+    settings = _client_cost_settings(cell_config(spec, dataclasses.replace(cell, task=probe_task[cell.model]),
+                                                 Path(".")))
+    if kind_of(spec.base_method(cell.method)) in _FULL_MODEL_KINDS | {"full_lora"}:   # it holds the whole FM
+        for name in _SUB_FM_FIELDS:
+            settings.pop(name)
+    return settings
 
 
 def run_probes(spec: BenchSpec, wanted_probes, probe_task, out: Path, probes, failures, bar) -> None:
@@ -95,8 +109,9 @@ def run_probes(spec: BenchSpec, wanted_probes, probe_task, out: Path, probes, fa
         bar.set_postfix_str(f"probe {key.split('|', 1)[1]}")
         try:
             task = probe_task[cell.model]   # the probe's task, with its settings (bench.task_set)
-            probes[key] = run_probe(spec, cell.model, kind, spec.dataset_of(task), spec.cell_timeout,
-                                    cell_config(spec, dataclasses.replace(cell, task=task), out / "cache"))
+            probes[key] = {**run_probe(spec, cell.model, kind, spec.dataset_of(task), spec.cell_timeout,
+                                       cell_config(spec, dataclasses.replace(cell, task=task), out / "cache")),
+                           "settings": _probe_settings(spec, cell, probe_task)}
             write_json_atomic(out / PROBES_JSON, probes)
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             failures[f"probe {key}"] = str(exc)

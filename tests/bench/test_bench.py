@@ -318,6 +318,30 @@ def test_bench_lr_resumes_the_default_suites_cells(tmp_path):
     assert len(shared) == 12 and all(config_hash(cell_config(lr, c, tmp_path)) == hashes[c.id] for c in shared)
 
 
+def test_a_probe_made_with_other_client_settings_is_run_again(tmp_path):
+    """Resuming a bench whose yaml changed what a client costs (here the keep ratio) re-probes that client kind;
+    a probe whose saved settings match is kept, and so is a probe of a client the change does not touch."""
+    from fedpft_algo.bench.probes import plan_probes
+
+    spec = load_spec(_bench_yaml(tmp_path, methods=["fedpft", "fedpetuning"]))
+    cells = plan_cells(spec)[0]
+    probe_task, wanted = plan_probes(spec, cells, {}, execute=True)
+    assert sorted(wanted) == ["minilm-l6|full_lora", "minilm-l6|sub_model"]
+    from fedpft_algo.bench.probes import _probe_settings
+    probes = {key: {"epoch_seconds": 1.0, "settings": _probe_settings(spec, cell, probe_task)}
+              for key, cell in wanted.items()}
+    assert plan_probes(spec, cells, probes, execute=True)[1] == {}
+
+    text = (tmp_path / "bench.yaml").read_text(encoding="utf-8")
+    (tmp_path / "bench.yaml").write_text(text.replace("fedpft_layer_align_steps: 2",
+                                                      "fedpft_layer_align_steps: 2\n  fedpft_ffn_keep_ratio: 0.75"),
+                                         encoding="utf-8")
+    changed = load_spec(tmp_path / "bench.yaml")
+    assert sorted(plan_probes(changed, plan_cells(changed)[0], probes, execute=True)[1]) == ["minilm-l6|sub_model"]
+    legacy = {key: {k: v for k, v in probe.items() if k != "settings"} for key, probe in probes.items()}
+    assert len(plan_probes(spec, cells, legacy, execute=True)[1]) == 2   # saved before settings were: measured again
+
+
 def test_variants_that_change_the_clients_cost_get_probes_of_their_own(tmp_path):
     from fedpft_algo.bench.probes import probe_key
 
