@@ -321,13 +321,12 @@ def test_bench_lr_resumes_the_default_suites_cells(tmp_path):
 def test_a_probe_made_with_other_client_settings_is_run_again(tmp_path):
     """Resuming a bench whose yaml changed what a client costs (here the keep ratio) re-probes that client kind;
     a probe whose saved settings match is kept, and so is a probe of a client the change does not touch."""
-    from fedpft_algo.bench.probes import plan_probes
+    from fedpft_algo.bench.probes import _probe_settings, plan_probes
 
     spec = load_spec(_bench_yaml(tmp_path, methods=["fedpft", "fedpetuning"]))
     cells = plan_cells(spec)[0]
     probe_task, wanted = plan_probes(spec, cells, {}, execute=True)
     assert sorted(wanted) == ["minilm-l6|full_lora", "minilm-l6|sub_model"]
-    from fedpft_algo.bench.probes import _probe_settings
     probes = {key: {"epoch_seconds": 1.0, "settings": _probe_settings(spec, cell, probe_task)}
               for key, cell in wanted.items()}
     assert plan_probes(spec, cells, probes, execute=True)[1] == {}

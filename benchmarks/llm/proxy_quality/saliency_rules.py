@@ -12,7 +12,6 @@ from fedpft_algo.config import FedPFTConfig
 from fedpft_algo.core.arch import arch_of
 from fedpft_algo.core.compression import build_sub_model, neuron_saliency, slice_ffn_
 from fedpft_algo.core.saliency import CALIBRATION_BATCHES
-from fedpft_algo.core.stats import ActivationStatistics
 
 threads()
 s = setup()
@@ -37,17 +36,22 @@ def answer_loss(model):
     return s.kind.loss(model, s.batch).item()
 
 
-peak = {}
-with torch.no_grad(), ActivationStatistics(fm, layers) as recorder:
-    hooks = [fm.model.layers[i].mlp.down_proj.register_forward_pre_hook(
-        lambda _m, inp, i=i: peak.__setitem__(i, torch.maximum(peak.get(i, torch.zeros(inp[0].shape[-1])),
-                                                               inp[0].detach().abs().flatten(0, 1).amax(0))))
-             for i in layers]
+peak = {}   # per layer: each FFN neuron's largest |activation| (the input of down_proj) over the calibration batches
+
+
+def record_peak(index):
+    def hook(_module, inputs):
+        current = inputs[0].detach().abs().flatten(0, 1).amax(0)
+        peak[index] = torch.maximum(peak[index], current) if index in peak else current
+    return hook
+
+
+hooks = [fm.model.layers[i].mlp.down_proj.register_forward_pre_hook(record_peak(i)) for i in layers]
+with torch.no_grad():
     for b in calibration:
-        recorder.mask = b["attention_mask"]
         fm(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
-    for h in hooks:
-        h.remove()
+for h in hooks:
+    h.remove()
 weight = {i: neuron_saliency(l.mlp.up_proj.weight, l.mlp.down_proj.weight, l.mlp.gate_proj.weight)
           for i, l in enumerate(fm.model.layers)}
 print("layer: the 3 largest |activations| on public text (neuron: value, weight-saliency quantile)")
