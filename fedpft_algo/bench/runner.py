@@ -32,6 +32,7 @@ once per (model, client kind). The report (``results.csv``, ``results.md``, PNG 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -174,7 +175,7 @@ def _write_suite_report(spec: BenchSpec, out: Path, records, probes, notes, fail
     # results.json keeps every cell finished in `out` (a later call with other seeds or methods must not
     # lose them); the tables and plots cover every finished cell of the whole suite the yaml names, also
     # when this call ran a part of it or cannot run some of it here (a task not installed, no vision model)
-    suite = plan_cells(spec, runnable_only=False)[0]
+    suite = plan_cells(dataclasses.replace(spec, seeds=spec.report_seeds or spec.seeds), runnable_only=False)[0]
     suite_ids = {c.id for c in suite}
     for cell in suite:
         if cell.id in records:
@@ -264,6 +265,7 @@ def run(args) -> int:
             seeds = []
         if not seeds:
             raise ConfigError(f"--seeds {args.seeds}: expected integers separated by commas (0,1,2)")
+        spec.report_seeds = sorted(set(spec.seeds) | set(seeds))   # the report keeps the yaml's other seeds
         spec.seeds = sorted(set(seeds))
     tasks = spec.tasks + ([spec.vision_task] if spec.vision.get("model") else [])
     for option, chosen, allowed in (("--methods", split(args.methods), spec.methods),

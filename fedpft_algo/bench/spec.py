@@ -66,6 +66,8 @@ class BenchSpec:
     # task -> FedML/fedpft_* keys its cells change (a prompt template, label answers, the task kind); the key
     # `dataset` makes the task a named view of another data set (a corpus for language modelling)
     task_set: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    # the seeds the report covers: the yaml's and any a `--seeds` call ran (None: ``seeds``)
+    report_seeds: Optional[List[int]] = None
 
     def dataset_of(self, task: str) -> str:
         """The data set a task's cells load: the task itself, or its ``task_set`` ``dataset``."""

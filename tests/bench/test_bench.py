@@ -281,6 +281,26 @@ def test_report_covers_the_whole_suite_and_results_json_keeps_every_cell(tmp_pat
     assert "## fashion_mnist, homo" in (out / "results.md").read_text()
 
 
+def test_a_seeds_call_reports_the_yamls_other_seeds_too(tmp_path, capsys):
+    # Prepare: the suite's seed-0 cell finished by an earlier call
+    from fedpft_algo import cli
+
+    path = _bench_yaml(tmp_path, methods=["fedpft_n"])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps(
+        [_finished("minilm-l6-rotten_tomatoes-homo-s0-fedpft_n", "fedpft_n", "rotten_tomatoes", 0)]))
+
+    # Execute: a call for seed 1 only
+    code = cli.main(["bench", "--cf", str(path), "--out", str(out), "--seeds", "1", "--report-only"])
+
+    # Assert: it plans seed 1 alone, and the tables still show the seed-0 cell
+    assert code == 0
+    assert "0 of 1 cell(s) finished" in capsys.readouterr().out
+    rows = (out / "results.csv").read_text().splitlines()[1:]
+    assert len(rows) == 1 and rows[0].startswith("fedpft_n,rotten_tomatoes,homo,0,")
+
+
 def test_tasks_option_selects_vision_cells_too(tmp_path):
     (tmp_path / "vit").mkdir()
     spec = load_spec(_bench_yaml(tmp_path, methods=["fedpft_n"], vision={"model": str(tmp_path / "vit")}))
