@@ -185,6 +185,13 @@ def _write_suite_report(spec: BenchSpec, out: Path, records, probes, notes, fail
                         shown=lambda r: r["cell"] in suite_ids)
 
 
+def _finished(record, config) -> bool:
+    """Whether ``record`` is a finished run of ``config`` (hashes recorded before the cache directory was left
+    out of them count too)."""
+    return bool(record) and record.get("config_hash") in (config_hash(config),
+                                                          config_hash(config, with_cache_dir=True))
+
+
 def run_bench(spec: BenchSpec, out: Path, *, methods=None, tasks=None, partitions=None, progress: bool = True,
               execute: bool = True) -> Dict[str, Any]:
     """Run every unfinished cell and probe (none with ``execute=False``), then write the report.
@@ -203,8 +210,7 @@ def run_bench(spec: BenchSpec, out: Path, *, methods=None, tasks=None, partition
     records = {r["cell"]: r for r in _read_json(out / RESULTS_JSON, []) if isinstance(r, dict) and "cell" in r}
     probes = _read_json(out / PROBES_JSON, {})
     failures = {}
-    todo = [c for c in cells if execute and
-            records.get(c.id, {}).get("config_hash") != config_hash(cell_config(spec, c, out / "cache"))]
+    todo = [c for c in cells if execute and not _finished(records.get(c.id), cell_config(spec, c, out / "cache"))]
     probe_task, wanted_probes = plan_probes(spec, cells, probes, execute)
     bar = tqdm(total=len(todo) + len(wanted_probes), unit="cell", desc="fedpft bench",
                disable=None if progress else True)

@@ -294,5 +294,21 @@ def cell_config(spec: BenchSpec, cell: Cell, cache_dir: Path) -> Dict[str, Dict[
     return config
 
 
-def config_hash(config) -> str:
+# Keys the shipped bench yamls pinned after their cells were recorded, at the value those cells ran with (the
+# library's default then): left out of the hash, so that the finished cells stay finished on a resume.
+_PINNED_LATER = {"fedpft_client_backbone_dropout": True, "fedpft_shared_lora_dropout": False}
+# Where the caches live changes no result (the default is <out>/cache, an absolute path): left out of the hash,
+# so that a bench folder resumes wherever it is checked out.
+_CACHE_KEYS = ("data_cache_dir", "fedpft_cache_dir")
+
+
+def config_hash(config, *, with_cache_dir: bool = False) -> str:
+    """The hash that says a finished cell ran ``config``; ``with_cache_dir``: the form recorded before the cache
+    directory was left out (still accepted on a resume from the same folder)."""
+    def kept(key, value):
+        return _PINNED_LATER.get(key, object()) != value and (with_cache_dir or key not in _CACHE_KEYS)
+
+    config = {section: {key: value for key, value in values.items() if kept(key, value)}
+                       if isinstance(values, dict) else values
+              for section, values in config.items()}
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]

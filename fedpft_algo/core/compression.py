@@ -122,7 +122,8 @@ def build_sub_model(full_model: nn.Module, config: FedPFTConfig, batches: Option
     if data_aware and compressed:
         if not batches:
             raise ValueError(f"fedpft_saliency={config.saliency!r} / fedpft_layer_keep={config.layer_keep!r} "
-                             "need public batches to build the sub-FM")
+                             "need public batches to build the sub-FM: pass `batches` (the server's public "
+                             "data), or saliency='weight' and layer_keep='uniform' (the paper's data-free rules)")
         batches = list(itertools.islice(iter(batches), rules.CALIBRATION_BATCHES))
     layers = find_layers(sub_model)
     scores = {}

@@ -28,10 +28,8 @@ logger = logging.getLogger(__name__)
 _KEY_FIELDS = ("ffn_keep_ratio", "retained_layers", "layer_align_steps", "layer_align_batch_size",
                "layer_align_lr", "layer_align_warmup_ratio", "layer_align_weight_decay", "align_max_grad_norm",
                "public_dataset", "public_size", "max_length")
-# Sub-FM options added later join the key only when they differ from their defaults, so that the entries
-# cached before they existed (all at the defaults) keep their keys.
-# fields that join the key only when they differ from their default: the keys of caches written before
-# they existed stay valid
+# Sub-FM options added later join the key only when they differ from the value every entry cached before
+# they existed was built with (the paper's rules), so that those entries keep their keys.
 _KEY_FIELDS_IF_SET = {"saliency": "weight", "layer_keep": "uniform", "align_output_weight": 0.0, "precision": "fp32"}
 
 

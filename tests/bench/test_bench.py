@@ -1,4 +1,5 @@
 """``fedpft bench``: the yaml, the matrix, per-cell configs, and a tiny end-to-end bench with resume."""
+import dataclasses
 import json
 from pathlib import Path
 
@@ -301,6 +302,35 @@ def test_a_seeds_call_reports_the_yamls_other_seeds_too(tmp_path, capsys):
     assert len(rows) == 1 and rows[0].startswith("fedpft_n,rotten_tomatoes,homo,0,")
 
 
+def test_client_options_pinned_at_their_old_defaults_keep_the_finished_cells_hash():
+    # the shipped yamls pinned the client options at the defaults their cells ran with before issue 15
+    from fedpft_algo.bench.spec import config_hash
+
+    def config(**fedpft):
+        return {"fedpft_args": {"fedpft_ffn_keep_ratio": 0.25, **fedpft}, "common_args": {"random_seed": 0}}
+
+    pinned = config(fedpft_client_backbone_dropout=True, fedpft_shared_lora_dropout=False)
+    changed = config(fedpft_client_backbone_dropout=False, fedpft_shared_lora_dropout=True)
+
+    assert config_hash(pinned) == config_hash(config()) != config_hash(changed)
+
+
+def test_a_bench_folder_resumes_wherever_it_lies_and_old_records_still_count(tmp_path):
+    # Prepare: a cell finished in folder a (new-style hash) and one recorded with the old, path-bound hash
+    from fedpft_algo.bench.runner import _finished
+
+    spec = load_spec(_bench_yaml(tmp_path))
+    cell = plan_cells(spec)[0][0]
+    in_a, in_b = cell_config(spec, cell, tmp_path / "a" / "cache"), cell_config(spec, cell, tmp_path / "b" / "cache")
+    new_record = {"config_hash": config_hash(in_a)}
+    old_record = {"config_hash": config_hash(in_b, with_cache_dir=True)}
+
+    # Assert: the new record counts in folder b too; the old one in its own folder only; a changed setting never
+    assert _finished(new_record, in_b) and _finished(old_record, in_b) and not _finished(old_record, in_a)
+    changed = cell_config(spec, dataclasses.replace(cell, seed=7), tmp_path / "b" / "cache")
+    assert not _finished(new_record, changed) and not _finished(None, in_b)
+
+
 def test_tasks_option_selects_vision_cells_too(tmp_path):
     (tmp_path / "vit").mkdir()
     spec = load_spec(_bench_yaml(tmp_path, methods=["fedpft_n"], vision={"model": str(tmp_path / "vit")}))
@@ -314,7 +344,7 @@ SHIPPED = Path(__file__).resolve().parents[2] / "fedml_config"
 
 
 @pytest.mark.parametrize("name, cells", [("bench", 72), ("bench_study", 7), ("bench_budget", 14), ("bench_lr", 48),
-                                         ("bench_variants", 28), ("bench_base", 32)])
+                                         ("bench_variants", 28), ("bench_base", 32), ("bench_base_variants", 24)])
 def test_shipped_bench_yamls_load_and_plan(name, cells):
     spec = load_spec(SHIPPED / f"{name}.yaml")
 

@@ -106,8 +106,22 @@ def test_embeddings_record_no_autograd_graph_in_client_training(make_tiny_model)
     assert outputs[0].grad_fn is None and not outputs[0].requires_grad
 
 
-def test_apply_client_options_defaults_change_nothing_and_compile_returns_a_compiled_forward(make_tiny_model):
+def test_the_default_client_drops_backbone_dropout_and_shares_the_qkv_lora_mask(make_tiny_model):
     model, config = _client(make_tiny_model)
+    before = _dropouts(model)
+
+    apply_client_options_(model, config)
+
+    after = _dropouts(model)
+    assert any(p > 0 for p in before.values())
+    assert all(p == 0 for name, p in after.items() if "lora_dropout" not in name and name.count(".") > 0
+               and not name.startswith("classifier"))
+    layer = find_layers(model.get_base_model())[0]
+    assert layer.attention.self.query.lora_dropout["default"] is layer.attention.self.value.lora_dropout["default"]
+
+
+def test_apply_client_options_paper_settings_change_nothing_and_compile_returns_a_compiled_forward(make_tiny_model):
+    model, config = _client(make_tiny_model, client_backbone_dropout=True, shared_lora_dropout=False)
     before = _dropouts(model)
     assert apply_client_options_(model, config) is model and _dropouts(model) == before
     compiled = apply_client_options_(model, FedPFTConfig(compile=True, client_backbone_dropout=False,
