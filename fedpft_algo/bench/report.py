@@ -14,7 +14,7 @@ import platform
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .client_cost import kind_of
 from .llm_report import sections as llm_sections
@@ -135,13 +135,19 @@ def _fmt(value, kind: str = "float") -> str:
     return f"{value:.3f}"
 
 
-def paired_gaps(records, better: str, worse: str, tasks: Optional[Iterable[str]] = None,
-                key: str = "final_accuracy") -> List[float]:
-    """key(better) - key(worse) for every pair of cells both finished (same task, partition and seed)."""
+def paired_gaps_by_cell(records, better: str, worse: str, tasks: Optional[Iterable[str]] = None,
+                        key: str = "final_accuracy") -> Dict[Tuple[str, str, int], float]:
+    """(task, partition, seed) -> key(better) - key(worse), for every pair of cells both finished."""
     index = {(r["method"], r["task"], r["partition"], r["seed"]): r.get(key) for r in records
              if r.get(key) is not None}
-    return [index[(better, t, p, s)] - acc for (m, t, p, s), acc in index.items()
-            if m == worse and (better, t, p, s) in index and (tasks is None or t in tasks)]
+    return {(t, p, s): index[(better, t, p, s)] - acc for (m, t, p, s), acc in index.items()
+            if m == worse and (better, t, p, s) in index and (tasks is None or t in tasks)}
+
+
+def paired_gaps(records, better: str, worse: str, tasks: Optional[Iterable[str]] = None,
+                key: str = "final_accuracy") -> List[float]:
+    """The gaps of :func:`paired_gaps_by_cell`."""
+    return list(paired_gaps_by_cell(records, better, worse, tasks, key).values())
 
 
 def paired_gap(records, better: str, worse: str, tasks: Optional[Iterable[str]] = None,
