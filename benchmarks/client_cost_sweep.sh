@@ -22,7 +22,7 @@ trap 'rm -f "$tmp"' EXIT
 for gc in $CHECKPOINTING; do
   for batch in $BATCHES; do
     for kind in sub_model full_lora; do
-      MALLOC_MMAP_THRESHOLD_=65536 HF_HUB_OFFLINE=1 timeout 1800 "$PY" -m fedpft_algo.bench.client_cost --model "$MODEL" \
+      HF_HUB_OFFLINE=1 timeout 1800 "$PY" -m fedpft_algo.bench.client_cost --model "$MODEL" \
         --kind "$kind" --task "$TASK" --examples "$EXAMPLES" --batch-size "$batch" --repeats "$REPEATS" \
         --config-json "{\"gradient_checkpointing\": $gc}" | tail -n 1 | \
         "$PY" -c "import json, sys; r = json.loads(sys.stdin.read()); r['gradient_checkpointing'] = $([ "$gc" = true ] && echo True || echo False); print(json.dumps(r))" >> "$tmp"

@@ -30,7 +30,7 @@ OPTION_SETS = {   # "default" is named for what the defaults were when base_opti
 
 
 def _probe(model, kind, values, args) -> dict:
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", HF_HUB_OFFLINE="1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1")   # the probe sets the allocator for its memory epoch itself
     command = [sys.executable, "-m", "fedpft_algo.bench.client_cost", "--model", model, "--kind", kind,
                "--task", args.task, "--examples", str(args.examples), "--batch-size", str(args.batch_size),
                "--repeats", str(args.repeats), "--config-json", json.dumps(values)]

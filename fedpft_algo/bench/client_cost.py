@@ -18,9 +18,9 @@ kind            client model                                           trains (o
 
 It trains one local epoch on ``examples`` real task examples (after one untimed warm-up step),
 ``repeats`` times, and prints one JSON line: the fastest epoch's seconds (the least disturbed by
-other processes on a shared machine; every repeat is listed too), the peak RSS from the moment the data
-is loaded (the peak is reset there on Linux), the RSS before the model was built (interpreter, torch,
-data) and right after, parameter counts, the client model's bytes (its first download) and the per-token
+other processes on a shared machine; every repeat is listed too), the peak RSS of one more epoch run for
+memory alone (:func:`heap_for_memory`: the timed epochs keep the allocator's usual behaviour), the RSS
+before the model was built (interpreter, torch, data) and right after, parameter counts, the client model's bytes (its first download) and the per-token
 FLOPs of its transformer layers (:func:`fedpft_algo.core.compression.flops_per_token`); on a CUDA ``--device`` also the peak device
 memory of an epoch (``torch.cuda.max_memory_allocated``, reset per epoch; null on CPU) and, for text,
 non-padding tokens per second of the fastest epoch. ``fedpft_precision`` in ``--config-json`` trains
@@ -70,6 +70,37 @@ def reset_peak_rss() -> bool:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         return False
+    return True
+
+
+# glibc's mallopt(M_MMAP_THRESHOLD): buffers above the threshold get pages of their own, unmapped when freed
+_M_MMAP_THRESHOLD = -3
+_MEMORY_THRESHOLD = 64 * 1024            # every activation buffer: freed memory leaves the process at once
+_TIMING_THRESHOLD = 32 * 1024 * 1024     # glibc's ceiling for its own dynamic threshold (64-bit), where a
+                                         # training loop's threshold settles
+
+
+def heap_for_memory(measure: bool) -> bool:
+    """Switch glibc's allocator between measuring memory and running at its usual speed; False where it
+    cannot be switched (not glibc): peak RSS then also holds freed buffers the heap kept.
+
+    With glibc's dynamic threshold, freed activation buffers stay on the heap, so a peak RSS measures the
+    allocator's history (it grew by ~150 MB over one epoch for every kind), not what a step needs at once;
+    ``measure=True`` sets a 64 KiB threshold and returns the heap's free pages (``malloc_trim``). That setting
+    costs a page fault per page of every new buffer: a client epoch of SmolLM2-135M took 28-43 % longer under
+    it (the FM more than its sub-FM), so epochs are timed with ``measure=False`` (or before any switch)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
+    except (OSError, AttributeError):
+        return False
+    if mallopt(_M_MMAP_THRESHOLD, _MEMORY_THRESHOLD if measure else _TIMING_THRESHOLD) != 1:
+        return False
+    if measure:
+        malloc_trim(0)
     return True
 
 
@@ -195,6 +226,11 @@ def probe(model: str, kind: str, task: str, *, examples: int = 64, batch_size: i
         peaks.append(peak_device_mb(device))
     seconds = min(times)
     extra = {"profile_top_ops": _profile(loader, step)} if profile else {}
+    # one more epoch for memory alone: what a step holds at once above the model, not the heap's history
+    heap_switched = heap_for_memory(True)
+    peak_reset = reset_peak_rss() and peak_reset
+    for batch in loader:
+        step(batch)
     return {
         "model": model, "kind": kind, "task": task, "task_kind": task_kind.name, "examples": len(data.train_labels), "steps": steps,
         "batch_size": batch_size, "max_length": max_length, "epoch_seconds": seconds, "epoch_seconds_all": times,
@@ -203,7 +239,7 @@ def probe(model: str, kind: str, task: str, *, examples: int = 64, batch_size: i
         "device": str(device), "precision": config.precision,
         "peak_device_mem_mb": None if peaks[0] is None else max(peaks),   # None: not a CUDA device
         "tokens_per_second": tokens / seconds if tokens else None,
-        "peak_reset_after_data": peak_reset,
+        "peak_reset_after_data": peak_reset, "memory_epoch_small_mmap_threshold": heap_switched,
         "total_parameters": count_parameters(client), "trainable_parameters": sum(p.numel() for p in params),
         "client_model_bytes": sum(t.numel() * t.element_size() for t in client.state_dict().values()),
         "flops_per_token": flops_per_token(skeleton, max_length),

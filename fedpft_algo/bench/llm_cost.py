@@ -11,8 +11,11 @@ instruction batches:
 Both are timed on the FM and on the sub-FM (FFN keep ratio 0.25, first and last layers whole), in
 interleaved blocks (``repeats`` rounds of the four variants, each block ``steps`` steps after an untimed
 warm-up), so that load from other processes falls on every variant alike. Per variant: seconds per step
-(median of the blocks, and their min/max), and the peak RSS over the block above the RSS before it (what the
-step allocates at once: logits, their gradient, activations). The two losses are checked to agree.
+(median of the blocks, and their min/max), and, from one pass over the batches before the timed blocks with
+glibc's allocator set to return freed buffers at once (:func:`~fedpft_algo.bench.client_cost.heap_for_memory`;
+the timed blocks run without that setting, which costs a page fault per page of every buffer), the peak RSS
+above the RSS before the pass (what the step allocates at once: logits, their gradient, activations). The two
+losses are checked to agree.
 
     python -m fedpft_algo.bench.llm_cost --out benchmarks/llm   # writes logits_saving.json and .md
 """
@@ -20,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -97,7 +99,7 @@ def measure(model: str = "smollm2-135m", *, batch_size: int = 8, max_length: int
 
     from ..core.causal_lm import answer_loss, pad_batch
     from ..models import load_tokenizer
-    from .client_cost import current_rss_mb, peak_rss_mb, reset_peak_rss
+    from .client_cost import current_rss_mb, heap_for_memory, peak_rss_mb, reset_peak_rss
 
     tokenizer = load_tokenizer(model, cache_dir)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -112,20 +114,25 @@ def measure(model: str = "smollm2-135m", *, batch_size: int = 8, max_length: int
     steppers = {(m, loss): _step_function(models[m], loss, learning_rate) for m, loss in VARIANTS}
     for key in VARIANTS:  # warm-up: allocations, lazy initialisation; not timed
         steppers[key](batches[0])
+    peaks, heap_switched = {}, heap_for_memory(True)
+    for key in VARIANTS:  # memory: one untimed pass each
+        reset_peak_rss()
+        before = current_rss_mb()
+        for batch in batches:
+            steppers[key](batch)
+        peaks[key] = peak_rss_mb() - before
+    heap_for_memory(False)
     blocks = {key: [] for key in VARIANTS}
-    peaks = {key: [] for key in VARIANTS}
     result = None
     for _ in range(repeats):
         for key in VARIANTS:
-            reset_peak_rss()
-            before = current_rss_mb()
             start = time.perf_counter()
             for batch in batches:
                 steppers[key](batch)
             blocks[key].append((time.perf_counter() - start) / len(batches))
-            peaks[key].append(peak_rss_mb() - before)
         result = _summary(model, examples, batches, models, blocks, peaks, agree, keep_ratio, lora_r, batch_size,
                           max_length, repeats)
+        result["memory_pass_small_mmap_threshold"] = heap_switched
         if on_block is not None:
             on_block(result)
     return result
@@ -144,8 +151,7 @@ def _summary(model, examples, batches, models, blocks, peaks, agree, keep_ratio,
                                 "seconds_per_step_min": min(blocks[(m, loss)]),
                                 "seconds_per_step_max": max(blocks[(m, loss)]),
                                 "seconds_per_step_all": blocks[(m, loss)],
-                                "step_peak_rss_mb_median": statistics.median(peaks[(m, loss)]),
-                                "step_peak_rss_mb_max": max(peaks[(m, loss)])} for m, loss in VARIANTS}
+                                "step_peak_rss_mb": peaks[(m, loss)]} for m, loss in VARIANTS}
     saving = {m: 1 - variants[f"{m}/answer"]["seconds_per_step_median"] / variants[f"{m}/full"]["seconds_per_step_median"]
               for m in models}
     return {
@@ -168,7 +174,7 @@ def _summary(model, examples, batches, models, blocks, peaks, agree, keep_ratio,
 
 def markdown(result: Dict, command: str) -> str:
     rows = [f"| {name} | {v['seconds_per_step_median']:.2f} | {v['seconds_per_step_min']:.2f}–"
-            f"{v['seconds_per_step_max']:.2f} | {v['step_peak_rss_mb_median']:.0f} |"
+            f"{v['seconds_per_step_max']:.2f} | {v['step_peak_rss_mb']:.0f} |"
             for name, v in result["variants"].items()]
     saving, ratio = result["time_saving_answer_vs_full"], result["time_ratio_sub_fm_vs_fm"]
     return "\n".join([
@@ -184,7 +190,7 @@ def markdown(result: Dict, command: str) -> str:
         f"blocks of {result['steps_per_block']} steps per variant"
         + (f" (of {result['repeats_planned']} planned)" if result["repeats"] < result["repeats_planned"] else "")
         + ".", "",
-        "| variant | s/step (median) | s/step (min–max of blocks) | step peak RSS above resident (MB, median) |",
+        "| variant | s/step (median) | s/step (min–max of blocks) | step peak RSS above resident (MB) |",
         "|---|---|---|---|", *rows, "",
         f"Saving of `answer` over `full`: **{saving['fm']:.0%} on the FM, {saving['sub_fm']:.0%} on the sub-FM** "
         f"(per step, medians). Sub-FM / FM step time: {ratio['full']:.2f} with the full loss, {ratio['answer']:.2f} "
@@ -195,9 +201,6 @@ def markdown(result: Dict, command: str) -> str:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:  # as the client-cost probes: peak RSS of the step, not the heap's history
-        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(64 * 1024)
-        os.execv(sys.executable, [sys.executable, "-m", "fedpft_algo.bench.llm_cost", *argv])
     parser = argparse.ArgumentParser(prog="python -m fedpft_algo.bench.llm_cost", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--out", type=Path, help="folder for logits_saving.json and logits_saving.md (default: print)")

@@ -62,11 +62,9 @@ def run_probe(spec: BenchSpec, model: str, kind: str, task: str, timeout: float,
                "--full-learning-rate", str(spec.baseline_args.get("learning_rate", 5e-5)),
                "--fedprox-mu", str(spec.baseline_args.get("fedprox_mu", 0.01)),
                "--device", rank_device(flat, 1)]   # a client's device (cpu unless using_gpu)
+    # the probe sets glibc's allocator for its memory epoch itself (client_cost.heap_for_memory); an
+    # environment-wide MALLOC_MMAP_THRESHOLD_ would slow its timed epochs too
     env = dict(os.environ, HF_HUB_OFFLINE="1", **({"OMP_NUM_THREADS": str(spec.threads)} if spec.threads else {}))
-    # glibc otherwise raises its mmap threshold as large buffers are freed and keeps later activation buffers
-    # on its heap after they are freed: peak RSS would then measure the allocator's history (it grew by
-    # ~150 MB over one epoch for every kind), not what one training step needs at once.
-    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(64 * 1024))
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
