@@ -18,9 +18,10 @@ kind            client model                                           trains (o
 
 It trains one local epoch on ``examples`` real task examples (after one untimed warm-up step),
 ``repeats`` times, and prints one JSON line: the fastest epoch's seconds (the least disturbed by
-other processes on a shared machine; every repeat is listed too), the peak RSS of one more epoch run for
-memory alone (:func:`heap_for_memory`: the timed epochs keep the allocator's usual behaviour), the RSS
-before the model was built (interpreter, torch, data) and right after, parameter counts, the client model's bytes (its first download) and the per-token
+other processes on a shared machine; every repeat is listed too), the peak RSS from the moment the data
+is loaded to the end of an untimed epoch before them, run with freed buffers returned at once
+(:func:`heap_for_memory`; the timed epochs then run at the allocator's usual speed), the RSS before the
+model was built (interpreter, torch, data) and right after, parameter counts, the client model's bytes (its first download) and the per-token
 FLOPs of its transformer layers (:func:`fedpft_algo.core.compression.flops_per_token`); on a CUDA ``--device`` also the peak device
 memory of an epoch (``torch.cuda.max_memory_allocated``, reset per epoch; null on CPU) and, for text,
 non-padding tokens per second of the fastest epoch. ``fedpft_precision`` in ``--config-json`` trains
@@ -86,9 +87,12 @@ def heap_for_memory(measure: bool) -> bool:
 
     With glibc's dynamic threshold, freed activation buffers stay on the heap, so a peak RSS measures the
     allocator's history (it grew by ~150 MB over one epoch for every kind), not what a step needs at once;
-    ``measure=True`` sets a 64 KiB threshold and returns the heap's free pages (``malloc_trim``). That setting
-    costs a page fault per page of every new buffer: a client epoch of SmolLM2-135M took 28-43 % longer under
-    it (the FM more than its sub-FM), so epochs are timed with ``measure=False`` (or before any switch)."""
+    ``measure=True`` sets a 64 KiB threshold and returns the heap's free pages (``malloc_trim``); switch it on
+    before the model is built: buffers are still served from free heap chunks an earlier step left, which then
+    stay resident again (switched on after a few epochs, a SmolLM2-135M client's peak came out 700 MB higher).
+    The setting costs a page fault per page of every new buffer (a SmolLM2-135M client epoch took up to 1.8x
+    as long), so time with ``measure=False`` afterwards: glibc's 32 MiB ceiling, where its dynamic threshold
+    would settle."""
     import ctypes
     import ctypes.util
 
@@ -192,6 +196,8 @@ def probe(model: str, kind: str, task: str, *, examples: int = 64, batch_size: i
     features, labels = task_kind.features(encoder, data, config, "train")
     loader = make_loader(features, labels, collator=task_kind.collator(encoder), batch_size=batch_size,
                          shuffle=True, seed=seed)
+    # memory first, with freed buffers returned at once: the model's build, the warm-up step and one epoch
+    heap_switched = heap_for_memory(True)
     peak_reset = reset_peak_rss()
     base_rss = current_rss_mb() if peak_reset else peak_rss_mb()
     torch.manual_seed(seed)
@@ -212,6 +218,10 @@ def probe(model: str, kind: str, task: str, *, examples: int = 64, batch_size: i
     warm = time.perf_counter()
     step(next(iter(loader)))  # warm-up (allocations, lazy init, compilation); not timed
     warmup_seconds = time.perf_counter() - warm
+    for batch in loader:
+        step(batch)
+    peak_rss = peak_rss_mb()   # before the timed epochs: their heap keeps what it frees, for reuse
+    heap_for_memory(False)
     times, peaks = [], []
     tokens = sum(batch_tokens(batch) or 0 for batch in loader)
     for _ in range(max(1, repeats)):
@@ -226,16 +236,11 @@ def probe(model: str, kind: str, task: str, *, examples: int = 64, batch_size: i
         peaks.append(peak_device_mb(device))
     seconds = min(times)
     extra = {"profile_top_ops": _profile(loader, step)} if profile else {}
-    # one more epoch for memory alone: what a step holds at once above the model, not the heap's history
-    heap_switched = heap_for_memory(True)
-    peak_reset = reset_peak_rss() and peak_reset
-    for batch in loader:
-        step(batch)
     return {
         "model": model, "kind": kind, "task": task, "task_kind": task_kind.name, "examples": len(data.train_labels), "steps": steps,
         "batch_size": batch_size, "max_length": max_length, "epoch_seconds": seconds, "epoch_seconds_all": times,
         "warmup_step_seconds": warmup_seconds,
-        "peak_rss_mb": peak_rss_mb(), "base_rss_mb": base_rss, "built_rss_mb": built_rss,
+        "peak_rss_mb": peak_rss, "base_rss_mb": base_rss, "built_rss_mb": built_rss,
         "device": str(device), "precision": config.precision,
         "peak_device_mem_mb": None if peaks[0] is None else max(peaks),   # None: not a CUDA device
         "tokens_per_second": tokens / seconds if tokens else None,

@@ -12,7 +12,7 @@ Both are timed on the FM and on the sub-FM (FFN keep ratio 0.25, first and last 
 interleaved blocks (``repeats`` rounds of the four variants, each block ``steps`` steps after an untimed
 warm-up), so that load from other processes falls on every variant alike. Per variant: seconds per step
 (median of the blocks, and their min/max), and, from one pass over the batches before the timed blocks with
-glibc's allocator set to return freed buffers at once (:func:`~fedpft_algo.bench.client_cost.heap_for_memory`;
+glibc's allocator set to return freed buffers at once from the start (:func:`~fedpft_algo.bench.client_cost.heap_for_memory`;
 the timed blocks run without that setting, which costs a page fault per page of every buffer), the peak RSS
 above the RSS before the pass (what the step allocates at once: logits, their gradient, activations). The two
 losses are checked to agree.
@@ -105,6 +105,7 @@ def measure(model: str = "smollm2-135m", *, batch_size: int = 8, max_length: int
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     examples = instruction_examples(tokenizer, batch_size * steps, max_length, seed)
     batches = [pad_batch(examples[i:i + batch_size], pad_id) for i in range(0, len(examples), batch_size)]
+    heap_switched = heap_for_memory(True)   # before the models are built (see heap_for_memory)
     models = dict(zip(("fm", "sub_fm"), build_models(model, keep_ratio, lora_r, cache_dir, retained_layers)))
     for m in models.values():
         m.train()
@@ -114,7 +115,7 @@ def measure(model: str = "smollm2-135m", *, batch_size: int = 8, max_length: int
     steppers = {(m, loss): _step_function(models[m], loss, learning_rate) for m, loss in VARIANTS}
     for key in VARIANTS:  # warm-up: allocations, lazy initialisation; not timed
         steppers[key](batches[0])
-    peaks, heap_switched = {}, heap_for_memory(True)
+    peaks = {}
     for key in VARIANTS:  # memory: one untimed pass each
         reset_peak_rss()
         before = current_rss_mb()
