@@ -108,6 +108,21 @@ def test_five_numbers_and_decoder_targets_from_records():
     assert llm_report.sections([_record("fedpft", "rt", "homo", 0, 0.8)], probes) == []   # an encoder bench
 
 
+def test_a_target_met_by_less_than_its_standard_error_says_so():
+    records = []
+    for seed, fedpft_n in ((0, 0.80), (1, 0.75)):          # plug-in - FedPFT_N: 0 and +5 points
+        records += [_record("fedpft", "rt", "homo", seed, 0.80, sub=0.7, fm0=0.6, proxy0=0.5),
+                    _record("fedpft_n", "rt", "homo", seed, fedpft_n),
+                    _record("fedot", "rt", "homo", seed, 0.40 + 0.01 * seed)]
+    rows = {t["target"].split(",")[0]: t for t in llm_report.targets(records, {})}
+    assert rows["plug-in - FedPFT_N"]["measured"] == pytest.approx(2.5)    # s.e. 2.5: goal +2.0 within it
+    assert rows["plug-in - FedPFT_N"]["met"] and rows["plug-in - FedPFT_N"]["within_se"]
+    assert rows["plug-in - FedOT"]["met"] and not rows["plug-in - FedOT"]["within_se"]
+    text = "\n".join(llm_report.sections(records, {}))
+    assert "| >= +2.0 | yes (by the mean; the goal is within one s.e.) |" in text
+    assert "s.e. 0.5) | >= +2.0 | yes |" in text
+
+
 @needs_smollm2
 @pytest.mark.process
 @pytest.mark.timeout(1500)
