@@ -73,26 +73,25 @@ def targets(records, probes) -> List[Dict[str, Any]]:
     instruction = sorted({r["task"] for r in records if not _perplexity_task(records, r["task"])})
     rows = []
 
-    def add(name, values, goal, test, unit="points", threshold=None):
+    def add(name, values, limit, goal, at_most=False, unit="points"):
+        """A target: the mean of ``values`` at least ``limit`` (at most, with ``at_most``)."""
         mean, se = _mean_se(values)
         detail = "" if mean is None else (f"{len(values)} pair(s)" + (f", s.e. {se:.1f}" if se is not None else ""))
+        met = None if mean is None else (mean <= limit if at_most else mean >= limit)
         # A mean on the goal's side by less than its standard error is met (or missed) by the mean only.
-        within_se = (mean is not None and se is not None and threshold is not None
-                     and abs(mean - threshold) < se)
+        within_se = mean is not None and se is not None and abs(mean - limit) < se
         rows.append({"target": name, "measured": mean, "goal": goal, "unit": unit, "detail": detail,
-                     "met": None if mean is None else bool(test(mean)), "within_se": within_se})
+                     "met": met, "within_se": within_se})
 
     add("plug-in - FedPETuning, accuracy points (instruction tasks, partitions, seeds)",
-        _gaps(records, PLUG_IN, FM_TUNED, instruction), ">= -1.0", lambda v: v >= -1.0, threshold=-1.0)
-    add("plug-in - FedPFT_N, accuracy points", _gaps(records, PLUG_IN, NO_ALIGNMENT, instruction), ">= +2.0",
-        lambda v: v >= 2.0, threshold=2.0)
-    add("plug-in - FedOT, accuracy points", _gaps(records, PLUG_IN, LAYER_DROP, instruction), ">= +2.0",
-        lambda v: v >= 2.0, threshold=2.0)
+        _gaps(records, PLUG_IN, FM_TUNED, instruction), -1.0, ">= -1.0")
+    add("plug-in - FedPFT_N, accuracy points", _gaps(records, PLUG_IN, NO_ALIGNMENT, instruction), 2.0, ">= +2.0")
+    add("plug-in - FedOT, accuracy points", _gaps(records, PLUG_IN, LAYER_DROP, instruction), 2.0, ">= +2.0")
     drops = [100 * (r["fm_zero_shot_accuracy"] - r["proxy_zero_shot_accuracy"]) for r in records
              if r["method"] == PLUG_IN and r["task"] in instruction
              and r.get("fm_zero_shot_accuracy") is not None and r.get("proxy_zero_shot_accuracy") is not None]
     add("FM zero-shot - sub-FM zero-shot, accuracy points (the proxy is no replacement for the FM)", drops,
-        ">= +5.0", lambda v: v >= 5.0, threshold=5.0)
+        5.0, ">= +5.0")
     for model in sorted({r["model"] for r in records}):
         sub, full = probes.get(f"{model}|sub_model"), probes.get(f"{model}|full_lora")
         name = model.rsplit("/", 1)[-1]
@@ -102,11 +101,11 @@ def targets(records, probes) -> List[Dict[str, Any]]:
             continue
         memory = (sub["peak_rss_mb"] - sub["base_rss_mb"]) / max(full["peak_rss_mb"] - full["base_rss_mb"], 1e-9)
         add(f"client model memory sub-FM / FedPETuning client ({name}; peak minus RSS before the model)",
-            [memory], "<= 0.60", lambda v: v <= 0.6, "ratio")
+            [memory], 0.6, "<= 0.60", at_most=True, unit="ratio")
         flops = sub["flops_per_token"] / full["flops_per_token"]
         add(f"client epoch time sub-FM / FM ({name}; FLOP ratio {flops:.3f})",
-            [sub["epoch_seconds"] / full["epoch_seconds"]], f"<= {1.1 * flops:.3f} (1.1 x FLOP ratio)",
-            lambda v, limit=1.1 * flops: v <= limit, "ratio")
+            [sub["epoch_seconds"] / full["epoch_seconds"]], 1.1 * flops, f"<= {1.1 * flops:.3f} (1.1 x FLOP ratio)",
+            at_most=True, unit="ratio")
     return rows
 
 
